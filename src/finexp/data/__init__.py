@@ -1,0 +1,1 @@
+"""Reading tables and text, turning rows into text, splitting, tokenizing and batching."""
