@@ -26,7 +26,10 @@ def tokenizer_from(cfg: DictConfig) -> PreTrainedTokenizerBase:
 
 
 def datamodule_from(
-    cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, source: DataSource | None = None
+    cfg: DictConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    source: DataSource | None = None,
+    label_names: list[str] | None = None,
 ) -> ClassificationDataModule:
     task, data = cfg.task, cfg.data
     serialization = _plain(task.serialization)
@@ -52,6 +55,7 @@ def datamodule_from(
         num_workers=data.num_workers,
         cache_dir=data.cache_dir,
         seed=cfg.get("seed", 0),
+        label_names=label_names,
     )
 
 
@@ -60,6 +64,7 @@ def model_from(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerB
     m = cfg.model
     encoder = build_encoder(m.name_or_path, _plain(m.architecture), len(tokenizer), m.local_files_only)
     model = SequenceClassifier(encoder, num_labels, pooling=m.pooling, dropout=m.dropout)
+    model.train()  # from_pretrained returns eval mode; Lightning keeps modes as it finds them (dropout would be off)
     apply_adapter = instantiate(cfg.adapter, _convert_="all")
     return apply_adapter(model)
 

@@ -187,12 +187,12 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
-    cs.store(group="adapter", name="full_schema", node=FullAdapterConfig)
-    cs.store(group="adapter", name="freeze_schema", node=FreezeAdapterConfig)
-    cs.store(group="optimizer", name="adamw_schema", node=AdamWConfig)
-    cs.store(group="optimizer", name="sgd_schema", node=SGDConfig)
-    cs.store(group="scheduler", name="scheduler_schema", node=SchedulerConfig)
-    cs.store(group="privacy", name="privacy_schema", node=PrivacyConfig)
+    cs.store(group="schema/adapter", name="full", node=FullAdapterConfig)
+    cs.store(group="schema/adapter", name="freeze", node=FreezeAdapterConfig)
+    cs.store(group="schema/optimizer", name="adamw", node=AdamWConfig)
+    cs.store(group="schema/optimizer", name="sgd", node=SGDConfig)
+    cs.store(group="schema/scheduler", name="scheduler", node=SchedulerConfig)
+    cs.store(group="schema/privacy", name="privacy", node=PrivacyConfig)
 
 
 # --------------------------------------------------------------------------------------------------------------

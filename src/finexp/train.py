@@ -78,6 +78,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
         info = run_info(cfg.seed, datamodule.fingerprints, {
             "choices": _hydra_choices(), "labels": datamodule.label_names, "monitor": monitor,
+            "serialized_columns": datamodule.serialized_columns,
             "rows": {name: len(ds) for name, ds in datamodule.datasets.items()},
         })
         write_json(output_dir / "run_info.json", info)

@@ -64,6 +64,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         num_workers: DataLoader workers.
         cache_dir: where tokenized splits are cached (None: no cache).
         seed: seed of the training order.
+        label_names: a fixed label order (a trained model's); a source with only ``test_path`` needs it.
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | Path | None = None,
         seed: int = 0,
+        label_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
@@ -97,8 +99,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.splits: Splits | None = None
         self.texts: dict[str, list[str]] = {}
         self.datasets: dict[str, TokenizedDataset] = {}
-        self.label_names: list[str] = []
+        self.label_names: list[str] = list(label_names or [])
         self.fingerprints: dict[str, str] = {}
+        self.serialized_columns: list[str] = []  # table tasks: the columns written into the text, in order
 
     # ----------------------------------------------------------------------------------------------------------
     # Reading and checking
@@ -137,6 +140,9 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def _make_splits(self) -> Splits:
         src, policy, label = self.source, self.split, self.columns.label
+        if src.test_path and not (src.train_path or src.path or src.rdataset):  # evaluation of a given file
+            test, _ = self._read(src.test_path)
+            return Splits(test.iloc[:0], test.iloc[:0], test)
         if src.train_path is None:
             frame, _ = self._read(src.path)
             rest, test = stratified_split(frame, label, policy.test_size, policy.seed, "test")
@@ -191,18 +197,20 @@ class ClassificationDataModule(pl.LightningDataModule):
         splits = self._make_splits()
         label = self.columns.label
         for name, frame in splits.items():
-            if frame.empty:
+            if frame.empty and not (self.label_names and name != "test"):
                 raise DataError(f"the {name} split is empty; use more data or other split sizes")
-        self.label_names = self._label_order(splits.train[label])
+        if not self.label_names:
+            self.label_names = self._label_order(splits.train[label])
         index = {name: i for i, name in enumerate(self.label_names)}
-        for name, frame in splits.items()[1:]:
+        for name, frame in splits.items():
             unseen = sorted(set(frame[label]) - set(index))
             if unseen:
                 raise DataError(
-                    f"the {name} split has label(s) never seen in train: {', '.join(map(repr, unseen))}; "
-                    f"train labels: {', '.join(self.label_names)}"
+                    f"the {name} split has label(s) never seen in training: {', '.join(map(repr, unseen))}; "
+                    f"known labels: {', '.join(self.label_names)}"
                 )
         serialize = None if self.columns.text is not None else self._serializer(splits.train)
+        self.serialized_columns = serialize.columns if serialize is not None else []
         for name, frame in splits.items():
             texts = frame[self.columns.text].astype(str).tolist() if serialize is None else serialize(frame)
             labels = frame[label].map(index).tolist()

@@ -23,7 +23,8 @@ class SequenceClassificationModule(pl.LightningModule):
     Args:
         model: maps ``(input_ids, attention_mask)`` to logits.
         label_names: class names, index = label id (binary: index 1 is the positive class).
-        optimizer: builds the optimizer from parameter groups (e.g. ``functools.partial(torch.optim.AdamW, lr=...)``).
+        optimizer: builds the optimizer from parameter groups (e.g. ``functools.partial(torch.optim.AdamW, lr=...)``);
+            None for a module that only evaluates.
         scheduler: builds a per-step LR schedule from ``(optimizer, num_training_steps=...)``; None for none.
         class_weights: optional cross-entropy weight per class.
     """
@@ -32,7 +33,7 @@ class SequenceClassificationModule(pl.LightningModule):
         self,
         model: nn.Module,
         label_names: list[str],
-        optimizer: OptimizerFactory,
+        optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         class_weights: list[float] | None = None,
     ) -> None:
@@ -98,6 +99,8 @@ class SequenceClassificationModule(pl.LightningModule):
         return {"index": batch["index"], "probs": logits.softmax(-1), "labels": batch["labels"]}
 
     def configure_optimizers(self) -> dict:
+        if self.optimizer_factory is None:
+            raise RuntimeError("this module was built for evaluation only (no optimizer factory)")
         optimizer = self.optimizer_factory(parameter_groups(self.model))
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}

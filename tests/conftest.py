@@ -1,0 +1,104 @@
+"""Shared fixtures: composing configs like the CLI does, and small generated datasets (no network, no downloads)."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from finexp.config import config_dir
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+FAST = [  # what every in-process test run shares: tiny model, CSV logger, quick epochs
+    "model=tiny_bert",
+    "logger=csv",
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.num_sanity_val_steps=0",
+    "callbacks.progress_bar=null",
+]
+
+
+@pytest.fixture
+def make_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
+    """Compose ``conf/<config_name>.yaml`` with overrides, writing into ``tmp_path`` instead of ./outputs."""
+    GlobalHydra.instance().clear()
+
+    def _make(*overrides: str, config_name: str = "train", fast: bool = True) -> DictConfig:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=[*(FAST if fast else []), *overrides])
+        with open_dict(cfg):
+            cfg.paths.log_dir = str(tmp_path / "outputs")
+            cfg.paths.output_dir = str(tmp_path / "run")
+            cfg.paths.cache_dir = str(tmp_path / "cache")
+        return cfg
+
+    yield _make
+    GlobalHydra.instance().clear()
+
+
+BULLISH = ["shares rally after strong earnings", "profit beats forecast", "stock upgraded to buy",
+           "revenue growth accelerates", "dividend raised again"]
+BEARISH = ["shares slump on weak guidance", "loss widens as sales fall", "stock downgraded to sell",
+           "revenue misses estimates", "dividend cut amid losses"]
+
+
+def sentiment_frame(n: int = 160, seed: int = 0) -> pd.DataFrame:
+    """An easy two-class text task: the wording decides the label."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "bullish" if i % 2 else "bearish"
+        phrase = rng.choice(BULLISH if label == "bullish" else BEARISH)
+        rows.append({"id": i, "headline": f"{rng.choice(['ACME', 'Globex', 'Initech'])} {phrase}", "sentiment": label})
+    return pd.DataFrame(rows)
+
+
+def applicants_frame(n: int = 200, seed: int = 0) -> pd.DataFrame:
+    """A small loan table where a high debt ratio or past arrears mean default (with missing values)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        income = rng.randint(20, 200)
+        debt = rng.randint(0, 150)
+        arrears = rng.random() < 0.2
+        default = "yes" if (debt / income > 0.8 or arrears) else "no"
+        rows.append({
+            "customer_id": f"C{i:04d}",
+            "income": income if rng.random() > 0.05 else None,
+            "debt": debt,
+            "arrears": "yes" if arrears else "no",
+            "purpose": rng.choice(["car", "home", "education"]),
+            "default": default,
+        })
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def sentiment_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "headlines.csv"
+    sentiment_frame().to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def applicants_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "applicants.csv"
+    applicants_frame().to_csv(path, index=False)
+    return path
+
+
+def text_task(path: Path) -> list[str]:
+    return ["task=text_classification", f"data.path={path}", "task.text_column=headline",
+            "task.label_column=sentiment"]

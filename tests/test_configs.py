@@ -1,0 +1,146 @@
+"""Every config file composes, every _target_ resolves, and bad configs are rejected with a message naming the key."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from finexp.config import ConfigError, config_dir, validate_config
+
+CONF = Path(config_dir())
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))]
+# Options that need a value from the user before they can run (documented in each file).
+NEEDS = {
+    ("task", "text_classification"): ["data.path=x.csv"],
+    ("task", "table_classification"): ["data.path=x.csv", "task.label_column=y"],
+    ("model", "hf"): ["model.name_or_path=some/model"],
+}
+
+
+def _resolve_target(path: str) -> object:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _check_targets(node: object, where: str = "") -> int:
+    """Every ``_target_`` imports and accepts the keys given next to it; returns how many were checked."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    checked = 0
+    if isinstance(node, dict):
+        if "_target_" in node:
+            target = _resolve_target(node["_target_"])
+            keys = [k for k in node if not str(k).startswith("_")]
+            signature = inspect.signature(target)
+            takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+            unknown = [k for k in keys if k not in signature.parameters and not takes_kwargs]
+            assert not unknown, f"{where}: {node['_target_']} does not accept {unknown}"
+            checked += 1
+        for key, value in node.items():
+            checked += _check_targets(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            checked += _check_targets(value, f"{where}[{i}]")
+    return checked
+
+
+def test_every_group_has_files():
+    expected = {"task", "model", "adapter", "optimizer", "scheduler", "privacy", "trainer", "logger", "callbacks",
+                "paths", "experiment", "debug"}
+    assert expected <= set(GROUPS)
+    assert (CONF / "hydra" / "default.yaml").is_file()
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_config_file_composes(make_cfg, group, option):
+    cfg = make_cfg(f"{group}={option}", *NEEDS.get((group, option), []), fast=False)
+    OmegaConf.resolve(cfg)  # every interpolation resolves (package paths, monitors, ...)
+    validate_config(cfg)
+    assert _check_targets(cfg) >= 4  # trainer, optimizer, scheduler, adapter at least
+
+
+def test_eval_config_composes(make_cfg):
+    cfg = make_cfg("ckpt_path=some.ckpt", config_name="eval", fast=False)
+    OmegaConf.resolve(cfg)
+    assert cfg.trainer.logger is False
+    _check_targets(cfg)
+
+
+def test_default_is_credit_scoring_with_minilm(make_cfg):
+    cfg = make_cfg(fast=False)
+    assert (cfg.task.name, cfg.model.name, cfg.data.rdataset) == ("credit_scoring", "minilm",
+                                                                   "modeldata/credit_data")
+    assert Path(cfg.model.name_or_path, "model.safetensors").is_file()  # the packaged weights
+    assert cfg.logger.wandb.offline is True and "csv" in cfg.logger
+
+
+@pytest.mark.parametrize(
+    ("override", "error"),
+    [
+        ("task.lable_column=Status", ConfigCompositionException),  # misspelt key
+        ("data.batch_size=lots", ConfigCompositionException),  # wrong type
+        ("adapter.train_embeddings=maybe", ConfigCompositionException),
+        ("optimizer.learning_rate=1e-3", ConfigCompositionException),
+        ("adapter=lorra", MissingConfigException),  # unknown option
+    ],
+)
+def test_composition_rejects(make_cfg, override, error):
+    with pytest.raises(error) as info:
+        make_cfg(override)
+    cause = info.value.__cause__ or info.value
+    key = override.split("=")[0]
+    assert key.split(".")[-1] in str(info.value) + str(cause)
+    if isinstance(cause, (ConfigKeyError, ValidationError)):
+        assert "TaskConfig" in str(cause) or "Config" in str(cause)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["optimizer.lr=-1"], "optimizer.lr=-1.0 is not allowed: must be > 0"),
+        (["trainer.max_epochs=0"], "trainer.max_epochs=0 is not allowed: must be >= 1"),
+        (["task.problem=ranking"], "task.problem='ranking' is not allowed: choose one of classification"),
+        (["model.pooling=max"], "model.pooling='max' is not allowed: choose one of mean, cls, last"),
+        (["data.val_size=0.5", "data.test_size=0.5"], "data.val_size + data.test_size=1.0"),
+        (["task=text_classification"], "set data.path=FILE"),
+        (["data.path=x.csv"], "give exactly one of data.rdataset, data.path, data.train_path"),
+        (["task=table_classification", "data.path=x.csv"], "task.label_column must be set"),
+        (["model=hf"], "model.name_or_path must be set"),
+        (["task.class_weights=inverse"], "task.class_weights='inverse' is not allowed"),
+    ],
+)
+def test_validation_names_the_key(make_cfg, overrides, message):
+    cfg = make_cfg(*overrides)
+    with pytest.raises(ConfigError, match=None) as info:
+        validate_config(cfg)
+    assert message in str(info.value)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "finexp.train", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_help_lists_groups_and_examples(tmp_path):
+    result = _cli("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for text in ("adapter: freeze, full", "task: credit_scoring, table_classification, text_classification",
+                 "trainer: auto, cpu, ddp, gpu", "finexp-train -m seed=1,2,3"):
+        assert text in result.stdout
+
+
+def test_cfg_job_prints_composed_config(tmp_path):
+    result = _cli("--cfg", "job", "adapter=freeze", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    cfg = OmegaConf.create(result.stdout)
+    assert cfg.adapter._target_ == "finexp.adapters.freeze_encoder"
+    assert not (tmp_path / "outputs").exists()  # printing the config runs nothing
