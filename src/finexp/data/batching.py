@@ -41,6 +41,8 @@ def tokenize_cached(
     tokenizer: object, texts: Sequence[str], max_length: int, cache_dir: str | Path | None
 ) -> list[list[int]]:
     """Tokenize ``texts`` (truncated to ``max_length``), reusing a cached result for the same texts and tokenizer."""
+    if not texts:
+        return []
     path = None
     if cache_dir is not None:
         digest = hashlib.sha256()
