@@ -55,15 +55,24 @@ def bare_loop(model: nn.Module, batches: list[dict], lr: float) -> float:
 
 def finexp_loop(model: nn.Module, batches: list[dict], lr: float, labels: list[str]) -> float:
     module = SequenceClassificationModule(
-        model, labels,
+        model,
+        labels,
         optimizer=functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.01),
         scheduler=functools.partial(linear_warmup, warmup_ratio=0.1),
     )
     timer = EpochTimer()
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-        gradient_clip_val=1.0, callbacks=[timer],
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
+        callbacks=[timer],
     )
     loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
     trainer.fit(module, train_dataloaders=loader)
@@ -79,8 +88,15 @@ def main() -> None:
     args = parser.parse_args()
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={args.model}", f"data.batch_size={args.batch_size}",
-                                          "paths.output_dir=outputs/bench", "paths.log_dir=outputs"])
+        cfg = compose(
+            "train",
+            overrides=[
+                f"model={args.model}",
+                f"data.batch_size={args.batch_size}",
+                "paths.output_dir=outputs/bench",
+                "paths.log_dir=outputs",
+            ],
+        )
     pl.seed_everything(0)
     tokenizer = build.tokenizer_from(cfg)
     datamodule = build.datamodule_from(cfg, tokenizer)

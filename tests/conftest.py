@@ -48,10 +48,20 @@ def make_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
     GlobalHydra.instance().clear()
 
 
-BULLISH = ["shares rally after strong earnings", "profit beats forecast", "stock upgraded to buy",
-           "revenue growth accelerates", "dividend raised again"]
-BEARISH = ["shares slump on weak guidance", "loss widens as sales fall", "stock downgraded to sell",
-           "revenue misses estimates", "dividend cut amid losses"]
+BULLISH = [
+    "shares rally after strong earnings",
+    "profit beats forecast",
+    "stock upgraded to buy",
+    "revenue growth accelerates",
+    "dividend raised again",
+]
+BEARISH = [
+    "shares slump on weak guidance",
+    "loss widens as sales fall",
+    "stock downgraded to sell",
+    "revenue misses estimates",
+    "dividend cut amid losses",
+]
 
 
 def sentiment_frame(n: int = 160, seed: int = 0) -> pd.DataFrame:
@@ -74,14 +84,16 @@ def applicants_frame(n: int = 200, seed: int = 0) -> pd.DataFrame:
         debt = rng.randint(0, 150)
         arrears = rng.random() < 0.2
         default = "yes" if (debt / income > 0.8 or arrears) else "no"
-        rows.append({
-            "customer_id": f"C{i:04d}",
-            "income": income if rng.random() > 0.05 else None,
-            "debt": debt,
-            "arrears": "yes" if arrears else "no",
-            "purpose": rng.choice(["car", "home", "education"]),
-            "default": default,
-        })
+        rows.append(
+            {
+                "customer_id": f"C{i:04d}",
+                "income": income if rng.random() > 0.05 else None,
+                "debt": debt,
+                "arrears": "yes" if arrears else "no",
+                "purpose": rng.choice(["car", "home", "education"]),
+                "default": default,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -100,5 +112,9 @@ def applicants_csv(tmp_path: Path) -> Path:
 
 
 def text_task(path: Path) -> list[str]:
-    return ["task=text_classification", f"data.path={path}", "task.text_column=headline",
-            "task.label_column=sentiment"]
+    return [
+        "task=text_classification",
+        f"data.path={path}",
+        "task.text_column=headline",
+        "task.label_column=sentiment",
+    ]

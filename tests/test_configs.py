@@ -54,8 +54,20 @@ def _check_targets(node: object, where: str = "") -> int:
 
 
 def test_every_group_has_files():
-    expected = {"task", "model", "adapter", "optimizer", "scheduler", "privacy", "trainer", "logger", "callbacks",
-                "paths", "experiment", "debug"}
+    expected = {
+        "task",
+        "model",
+        "adapter",
+        "optimizer",
+        "scheduler",
+        "privacy",
+        "trainer",
+        "logger",
+        "callbacks",
+        "paths",
+        "experiment",
+        "debug",
+    }
     assert expected <= set(GROUPS)
     assert (CONF / "hydra" / "default.yaml").is_file()
 
@@ -77,8 +89,11 @@ def test_eval_config_composes(make_cfg):
 
 def test_default_is_credit_scoring_with_minilm(make_cfg):
     cfg = make_cfg(fast=False)
-    assert (cfg.task.name, cfg.model.name, cfg.data.rdataset) == ("credit_scoring", "minilm",
-                                                                   "modeldata/credit_data")
+    assert (cfg.task.name, cfg.model.name, cfg.data.rdataset) == (
+        "credit_scoring",
+        "minilm",
+        "modeldata/credit_data",
+    )
     assert Path(cfg.model.name_or_path, "model.safetensors").is_file()  # the packaged weights
     assert cfg.logger.wandb.offline is True and "csv" in cfg.logger
 
@@ -126,15 +141,20 @@ def test_validation_names_the_key(make_cfg, overrides, message):
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "finexp.train", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "finexp.train", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_help_lists_groups_and_examples(tmp_path):
     result = _cli("--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for text in ("adapter: freeze, full", "task: credit_scoring, table_classification, text_classification",
-                 "trainer: auto, cpu, ddp, gpu", "finexp-train -m seed=1,2,3"):
+    for text in (
+        "adapter: freeze, full",
+        "task: credit_scoring, table_classification, text_classification",
+        "trainer: auto, cpu, ddp, gpu",
+        "finexp-train -m seed=1,2,3",
+    ):
         assert text in result.stdout
 
 

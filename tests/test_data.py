@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import applicants_frame, sentiment_frame
 
+from conftest import applicants_frame, sentiment_frame
 from finexp.config import package_path
 from finexp.data.batching import LengthGroupedSampler, PadCollator, TokenizedDataset, tokenize_cached
 from finexp.data.datamodule import ClassificationDataModule, Columns, DataSource, SplitPolicy
@@ -34,8 +34,19 @@ def headline_columns() -> Columns:
 # ---- serialization ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(3, "3"), (np.int64(7), "7"), (3000.0, "3000"), (1.23456, "1.23"), (0.5, "0.5"), (float("nan"), "unknown"),
-     (None, "unknown"), (pd.NA, "unknown"), (True, "yes"), ("  rent ", "rent"), ("", "unknown")],
+    [
+        (3, "3"),
+        (np.int64(7), "7"),
+        (3000.0, "3000"),
+        (1.23456, "1.23"),
+        (0.5, "0.5"),
+        (float("nan"), "unknown"),
+        (None, "unknown"),
+        (pd.NA, "unknown"),
+        (True, "yes"),
+        ("  rent ", "rent"),
+        ("", "unknown"),
+    ],
 )
 def test_format_value(value, text):
     assert format_value(value) == text
@@ -44,16 +55,21 @@ def test_format_value(value, text):
 def test_row_serializer_uses_phrases_order_and_missing():
     frame = pd.DataFrame({"Income": [129.0, math.nan], "Job": ["fixed", "freelance"], "Age": [30, 41]})
     serialize = RowSerializer(["Age", "Income", "Job"], {"Income": "monthly income"}, missing="n/a")
-    assert serialize(frame) == ["Age: 30. monthly income: 129. Job: fixed",
-                                "Age: 41. monthly income: n/a. Job: freelance"]
+    assert serialize(frame) == [
+        "Age: 30. monthly income: 129. Job: fixed",
+        "Age: 41. monthly income: n/a. Job: freelance",
+    ]
 
 
 def test_table_task_serializes_all_but_label_and_excluded(tmp_path, tokenizer):
     path = tmp_path / "a.parquet"
     applicants_frame().to_parquet(path)
-    dm = make_dm(tokenizer, DataSource(path=str(path)),
-                 Columns(label="default", exclude=["customer_id"], phrases={"debt": "total debt"}),
-                 positive_label="yes")
+    dm = make_dm(
+        tokenizer,
+        DataSource(path=str(path)),
+        Columns(label="default", exclude=["customer_id"], phrases={"debt": "total debt"}),
+        positive_label="yes",
+    )
     dm.prepare()
     assert dm.serialized_columns == ["debt", "income", "arrears", "purpose"]
     assert dm.texts["train"][0].startswith("total debt: ")
@@ -66,27 +82,33 @@ def test_table_task_serializes_all_but_label_and_excluded(tmp_path, tokenizer):
 def test_read_table_formats(tmp_path, suffix):
     frame = sentiment_frame(10)
     path = tmp_path / f"x{suffix}"
-    {".csv": lambda: frame.to_csv(path, index=False), ".tsv": lambda: frame.to_csv(path, sep="\t", index=False),
-     ".jsonl": lambda: frame.to_json(path, orient="records", lines=True),
-     ".parquet": lambda: frame.to_parquet(path)}[suffix]()
+    {
+        ".csv": lambda: frame.to_csv(path, index=False),
+        ".tsv": lambda: frame.to_csv(path, sep="\t", index=False),
+        ".jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+        ".parquet": lambda: frame.to_parquet(path),
+    }[suffix]()
     pd.testing.assert_frame_equal(read_table(path), frame, check_dtype=False)
 
 
 def test_read_table_errors_name_the_file(tmp_path):
-    with pytest.raises(DataError, match="data file not found: .*nope.csv"):
+    with pytest.raises(DataError, match=r"data file not found: .*nope.csv"):
         read_table(tmp_path / "nope.csv")
     (tmp_path / "x.xlsx").write_text("x")
     with pytest.raises(DataError, match=r"x.xlsx: unknown file type '.xlsx'"):
         read_table(tmp_path / "x.xlsx")
     (tmp_path / "empty.csv").write_text("text,label\n")
-    with pytest.raises(DataError, match="empty.csv: has no rows"):
+    with pytest.raises(DataError, match=r"empty.csv: has no rows"):
         read_table(tmp_path / "empty.csv")
 
 
 def test_missing_column_lists_available(sentiment_csv, tokenizer):
     dm = make_dm(tokenizer, DataSource(path=str(sentiment_csv)), Columns(label="labl", text="headline"))
-    with pytest.raises(DataError, match=r"task.label_column='labl' is not a column; available: id, headline, "
-                                        r"sentiment") as info:
+    with pytest.raises(
+        DataError,
+        match=r"task.label_column='labl' is not a column; available: id, headline, "
+        r"sentiment",
+    ) as info:
         dm.prepare()
     assert "headlines.csv" in str(info.value)
 
@@ -98,8 +120,11 @@ def test_nan_labels_or_text_are_reported_with_rows(tmp_path, tokenizer, column):
     path = tmp_path / "holes.csv"
     frame.to_csv(path, index=False)
     dm = make_dm(tokenizer, DataSource(path=str(path)), headline_columns())
-    with pytest.raises(DataError, match=rf"holes.csv: column '{column}' .* empty or NaN in 2 row\(s\), e.g. rows "
-                                        r"\[3, 7\]"):
+    with pytest.raises(
+        DataError,
+        match=rf"holes.csv: column '{column}' .* empty or NaN in 2 row\(s\), e.g. rows "
+        r"\[3, 7\]",
+    ):
         dm.prepare()
 
 
@@ -108,9 +133,12 @@ def test_unseen_test_label_is_rejected(tmp_path, tokenizer):
     test.loc[0, "sentiment"] = "neutral"
     train.to_csv(tmp_path / "train.csv", index=False)
     test.to_csv(tmp_path / "test.csv", index=False)
-    dm = make_dm(tokenizer, DataSource(train_path=str(tmp_path / "train.csv"), test_path=str(tmp_path / "test.csv")),
-                 headline_columns())
-    with pytest.raises(DataError, match="the test split has label.* never seen in training: 'neutral'"):
+    dm = make_dm(
+        tokenizer,
+        DataSource(train_path=str(tmp_path / "train.csv"), test_path=str(tmp_path / "test.csv")),
+        headline_columns(),
+    )
+    with pytest.raises(DataError, match=r"the test split has label.* never seen in training: 'neutral'"):
         dm.prepare()
 
 
@@ -119,17 +147,17 @@ def test_split_too_small_to_stratify(tmp_path, tokenizer):
     frame.loc[0, "sentiment"] = "neutral"  # a class with one row
     frame.to_csv(tmp_path / "rare.csv", index=False)
     dm = make_dm(tokenizer, DataSource(path=str(tmp_path / "rare.csv")), headline_columns())
-    with pytest.raises(DataError, match="cannot stratify the test split: class.*'neutral'"):
+    with pytest.raises(DataError, match=r"cannot stratify the test split: class.*'neutral'"):
         dm.prepare()
     sentiment_frame(6).to_csv(tmp_path / "tiny.csv", index=False)
     dm = make_dm(tokenizer, DataSource(path=str(tmp_path / "tiny.csv")), headline_columns())
-    with pytest.raises(DataError, match="cannot stratify the .* split: 6 rows and 2 classes"):
+    with pytest.raises(DataError, match=r"cannot stratify the .* split: 6 rows and 2 classes"):
         dm.prepare()
 
 
 def test_unknown_positive_label(sentiment_csv, tokenizer):
     dm = make_dm(tokenizer, DataSource(path=str(sentiment_csv)), headline_columns(), positive_label="up")
-    with pytest.raises(DataError, match="task.positive_label='up' is not a label .* bearish, bullish"):
+    with pytest.raises(DataError, match=r"task.positive_label='up' is not a label .* bearish, bullish"):
         dm.prepare()
 
 
@@ -156,16 +184,24 @@ def test_splits_are_stratified_seeded_and_disjoint(tmp_path, tokenizer):
 def test_given_train_file_gets_val_carved(tmp_path, tokenizer):
     sentiment_frame(100).to_csv(tmp_path / "train.csv", index=False)
     sentiment_frame(30, seed=1).to_csv(tmp_path / "test.csv", index=False)
-    dm = make_dm(tokenizer, DataSource(train_path=str(tmp_path / "train.csv"), test_path=str(tmp_path / "test.csv")),
-                 headline_columns(), split=SplitPolicy(val_size=0.2))
+    dm = make_dm(
+        tokenizer,
+        DataSource(train_path=str(tmp_path / "train.csv"), test_path=str(tmp_path / "test.csv")),
+        headline_columns(),
+        split=SplitPolicy(val_size=0.2),
+    )
     dm.prepare()
     assert (len(dm.splits.train), len(dm.splits.val), len(dm.splits.test)) == (80, 20, 30)
 
 
 def test_builtin_credit_data_and_max_rows(tokenizer):
-    dm = make_dm(tokenizer, DataSource(rdataset="modeldata/credit_data"),
-                 Columns(label="Status", exclude=["rownames"]), positive_label="bad",
-                 split=SplitPolicy(max_rows=500))
+    dm = make_dm(
+        tokenizer,
+        DataSource(rdataset="modeldata/credit_data"),
+        Columns(label="Status", exclude=["rownames"]),
+        positive_label="bad",
+        split=SplitPolicy(max_rows=500),
+    )
     dm.prepare()
     assert sum(len(d) for d in dm.datasets.values()) == 500
     assert dm.label_names == ["good", "bad"]
@@ -209,8 +245,12 @@ def test_length_grouped_sampler_groups_and_reshuffles():
     batches = [epoch0[i : i + 8] for i in range(0, 400, 8)]
     grouped = np.mean([max(lengths[j] for j in b) - min(lengths[j] for j in b) for b in batches])
     shuffled = torch.randperm(400).tolist()
-    random_spread = np.mean([max(lengths[j] for j in shuffled[i : i + 8]) - min(lengths[j] for j in shuffled[i : i + 8])
-                             for i in range(0, 400, 8)])
+    random_spread = np.mean(
+        [
+            max(lengths[j] for j in shuffled[i : i + 8]) - min(lengths[j] for j in shuffled[i : i + 8])
+            for i in range(0, 400, 8)
+        ]
+    )
     assert grouped < random_spread / 4
 
 
@@ -223,8 +263,12 @@ def test_pad_collator_pads_to_longest_in_batch():
 
 
 def test_train_batches_have_little_padding(tokenizer):
-    dm = make_dm(tokenizer, DataSource(rdataset="modeldata/credit_data"),
-                 Columns(label="Status", exclude=["rownames"]), split=SplitPolicy(max_rows=2000))
+    dm = make_dm(
+        tokenizer,
+        DataSource(rdataset="modeldata/credit_data"),
+        Columns(label="Status", exclude=["rownames"]),
+        split=SplitPolicy(max_rows=2000),
+    )
     dm.prepare()
     dm.batch_size = 32
     real = total = 0

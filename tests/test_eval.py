@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import sentiment_frame, text_task
 
+from conftest import sentiment_frame, text_task
 from finexp import FinexpError
 from finexp.evaluate import evaluate
 from finexp.train import train
@@ -26,8 +26,13 @@ def trained(make_cfg, sentiment_csv):
 
 
 def eval_cfg(make_cfg, tmp_path, *overrides):
-    cfg = make_cfg(*overrides, "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-                   config_name="eval", fast=False)
+    cfg = make_cfg(
+        *overrides,
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        config_name="eval",
+        fast=False,
+    )
     cfg.paths.output_dir = str(tmp_path / "eval")
     return cfg
 
@@ -65,11 +70,16 @@ def test_eval_refuses_pickled_code(make_cfg, trained, tmp_path):
     with open(evil, "wb") as handle:
         pickle.dump(payload, handle)  # torch.load reads plain pickles too
     cfg = eval_cfg(make_cfg, tmp_path, f"ckpt_path={evil}")
-    with pytest.raises(FinexpError, match="not a loadable finexp checkpoint .*Unpickl"):
+    with pytest.raises(FinexpError, match=r"not a loadable finexp checkpoint .*Unpickl"):
         evaluate(cfg)
 
 
 def test_eval_cli_errors(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "finexp.evaluate", f"ckpt_path={tmp_path}/none.ckpt"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "finexp.evaluate", f"ckpt_path={tmp_path}/none.ckpt"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and "finexp-eval: error: checkpoint not found" in result.stderr

@@ -37,6 +37,9 @@ def test_default_model_fine_tunes_credit_scoring(make_cfg):
 
 def test_hub_model_offline_fails_with_one_clear_message(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelLoadError, match="'no-such-org/finbert' is neither a local directory nor in the Hugging "
-                                             "Face cache, and this run is offline"):
+    with pytest.raises(
+        ModelLoadError,
+        match="'no-such-org/finbert' is neither a local directory nor in the Hugging "
+        "Face cache, and this run is offline",
+    ):
         build_tokenizer("no-such-org/finbert")

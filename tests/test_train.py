@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST, text_task
 
+from conftest import FAST, text_task
 from finexp.data.sources import DataError
 from finexp.train import train
 
@@ -25,8 +25,16 @@ def test_text_classification_learns_and_writes_records(make_cfg, sentiment_csv, 
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["status"] == "completed" and saved["monitor"] == "val/auroc"
     assert saved["test/auroc"] == pytest.approx(metrics["test/auroc"])
-    for key in ("test/accuracy", "test/f1_macro", "test/auprc", "test/ks", "val/auroc", "train/pad_fraction",
-                "params/trainable", "params/total"):
+    for key in (
+        "test/accuracy",
+        "test/f1_macro",
+        "test/auprc",
+        "test/ks",
+        "val/auroc",
+        "train/pad_fraction",
+        "params/trainable",
+        "params/total",
+    ):
         assert key in saved, key
     assert Path(saved["best_checkpoint"]).is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     info = json.loads((run / "run_info.json").read_text())
@@ -51,9 +59,15 @@ def test_same_seed_gives_identical_test_metrics(make_cfg, sentiment_csv):
 
 
 def test_table_classification_on_user_csv(make_cfg, applicants_csv):
-    cfg = make_cfg("task=table_classification", f"data.path={applicants_csv}", "task.label_column=default",
-                   "task.positive_label=yes", "task.exclude_columns=[customer_id]", "trainer.max_epochs=1",
-                   "task.class_weights=balanced")
+    cfg = make_cfg(
+        "task=table_classification",
+        f"data.path={applicants_csv}",
+        "task.label_column=default",
+        "task.positive_label=yes",
+        "task.exclude_columns=[customer_id]",
+        "trainer.max_epochs=1",
+        "task.class_weights=balanced",
+    )
     metrics = train(cfg)
     assert metrics["monitor"] == "val/auroc" and 0 <= metrics["test/auroc"] <= 1
     config = (Path(cfg.paths.output_dir) / "config.yaml").read_text()
@@ -127,8 +141,13 @@ def test_data_error_leaves_no_metrics(make_cfg, tmp_path):
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     flags = [a for a in args if a.startswith("-")]  # Hydra's flags go before the overrides
     overrides = [a for a in args if not a.startswith("-")]
-    return subprocess.run([sys.executable, "-m", "finexp.train", *flags, *FAST, *overrides], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "finexp.train", *flags, *FAST, *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_cli_reports_bad_input_briefly(tmp_path, sentiment_csv):
@@ -140,8 +159,14 @@ def test_cli_reports_bad_input_briefly(tmp_path, sentiment_csv):
 
 
 def test_cli_multirun_sweep(tmp_path, sentiment_csv):
-    result = _cli("-m", *text_task(sentiment_csv), "seed=1,2", "adapter=full,freeze", "trainer.max_epochs=1",
-                  cwd=tmp_path)
+    result = _cli(
+        "-m",
+        *text_task(sentiment_csv),
+        "seed=1,2",
+        "adapter=full,freeze",
+        "trainer.max_epochs=1",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     runs = sorted(tmp_path.glob("outputs/text_classification/multiruns/*/*/*/metrics.json"))
     assert len(runs) == 4

@@ -36,8 +36,7 @@ def datamodule_from(
     phrases = serialization.pop("columns")
     return ClassificationDataModule(
         tokenizer,
-        source=source
-        or DataSource(data.rdataset, data.path, data.train_path, data.val_path, data.test_path),
+        source=source or DataSource(data.rdataset, data.path, data.train_path, data.val_path, data.test_path),
         columns=Columns(
             label=task.label_column,
             text=task.text_column,

@@ -269,8 +269,12 @@ def validate_config(cfg: DictConfig) -> None:
     data = cfg.data
     for key in ("val_size", "test_size"):
         _require(0 < data[key] < 1, f"data.{key}", data[key], "must be a fraction in (0, 1)")
-    _require(data.val_size + data.test_size < 1, "data.val_size + data.test_size", data.val_size + data.test_size,
-             "must leave rows for training (< 1)")
+    _require(
+        data.val_size + data.test_size < 1,
+        "data.val_size + data.test_size",
+        data.val_size + data.test_size,
+        "must leave rows for training (< 1)",
+    )
     for key in ("batch_size", "eval_batch_size"):
         _require(data[key] >= 1, f"data.{key}", data[key], "must be >= 1")
     _require(data.max_length >= 8, "data.max_length", data.max_length, "must be >= 8 tokens")
@@ -284,12 +288,18 @@ def validate_config(cfg: DictConfig) -> None:
             f"task '{cfg.task.name}' reads your files: set data.path=FILE (finexp splits it) "
             "or data.train_path=FILE [data.val_path=FILE] [data.test_path=FILE]"
         )
-    _require(len(sources) == 1, "data", {k: data[k] for k in sources},
-             "give exactly one of data.rdataset, data.path, data.train_path")
+    _require(
+        len(sources) == 1,
+        "data",
+        {k: data[k] for k in sources},
+        "give exactly one of data.rdataset, data.path, data.train_path",
+    )
     if (data.val_path or data.test_path) and not data.train_path:
         raise ConfigError("data.val_path/data.test_path need data.train_path as well")
     if cfg.model.name_or_path is None and cfg.model.architecture is None:
-        raise ConfigError("model.name_or_path must be set (a hub id or a local directory), e.g. model=hf "
-                          "model.name_or_path=ProsusAI/finbert")
+        raise ConfigError(
+            "model.name_or_path must be set (a hub id or a local directory), e.g. model=hf "
+            "model.name_or_path=ProsusAI/finbert"
+        )
     if cfg.model.name_or_path is None and cfg.model.tokenizer is None:
         raise ConfigError("model.tokenizer must be set for a model built from `model.architecture`")

@@ -86,14 +86,28 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     out = Path(cfg.paths.output_dir)
     report = classification_report(
-        truth, predicted, labels=list(range(len(labels))), target_names=labels, output_dict=True, zero_division=0
+        truth,
+        predicted,
+        labels=list(range(len(labels))),
+        target_names=labels,
+        output_dict=True,
+        zero_division=0,
     )
-    write_json(out / "per_class_report.json", {
-        **report, "confusion_matrix": confusion_matrix(truth, predicted, labels=list(range(len(labels)))).tolist(),
-    })
+    write_json(
+        out / "per_class_report.json",
+        {
+            **report,
+            "confusion_matrix": confusion_matrix(truth, predicted, labels=list(range(len(labels)))).tolist(),
+        },
+    )
     pd.DataFrame(report).T.to_csv(out / "per_class_report.csv")
-    frame = pd.DataFrame({"text": datamodule.texts["test"], "label": [labels[i] for i in truth],
-                          "predicted": [labels[i] for i in predicted]})
+    frame = pd.DataFrame(
+        {
+            "text": datamodule.texts["test"],
+            "label": [labels[i] for i in truth],
+            "predicted": [labels[i] for i in predicted],
+        }
+    )
     for i, name in enumerate(labels):
         frame[f"prob_{name}"] = probs[:, i].numpy()
     frame.to_csv(out / "predictions.csv", index=False)
@@ -109,8 +123,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         **{k: float(v) for k, v in sorted(metrics.items())},
     }
     write_json(out / "metrics.json", metrics)
-    print("\n".join(["", "finexp evaluation", *(f"  {k:<14} {v:.4f}" for k, v in metrics.items()
-                                                 if k.startswith("test/")), f"  written to: {out}"]), flush=True)
+    print(
+        "\n".join(
+            [
+                "",
+                "finexp evaluation",
+                *(f"  {k:<14} {v:.4f}" for k, v in metrics.items() if k.startswith("test/")),
+                f"  written to: {out}",
+            ]
+        ),
+        flush=True,
+    )
     return metrics
 
 

