@@ -35,12 +35,15 @@ def make_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
     """Compose ``conf/<config_name>.yaml`` with overrides, writing into ``tmp_path`` instead of ./outputs."""
     GlobalHydra.instance().clear()
 
+    calls = []
+
     def _make(*overrides: str, config_name: str = "train", fast: bool = True) -> DictConfig:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=[*(FAST if fast else []), *overrides])
-        with open_dict(cfg):
+        calls.append(1)
+        with open_dict(cfg):  # each composed config gets its own run directory: run, run-2, run-3, ...
             cfg.paths.log_dir = str(tmp_path / "outputs")
-            cfg.paths.output_dir = str(tmp_path / "run")
+            cfg.paths.output_dir = str(tmp_path / ("run" if len(calls) == 1 else f"run-{len(calls)}"))
             cfg.paths.cache_dir = str(tmp_path / "cache")
         return cfg
 
