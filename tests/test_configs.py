@@ -22,6 +22,8 @@ OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml")
 NEEDS = {
     ("task", "text_classification"): ["data.path=x.csv"],
     ("task", "table_classification"): ["data.path=x.csv", "task.label_column=y"],
+    ("task", "sentiment"): ["data.path=x.csv"],
+    ("task", "intent"): ["data.path=x.csv"],
     ("model", "hf"): ["model.name_or_path=some/model"],
 }
 
@@ -151,7 +153,10 @@ def test_help_lists_groups_and_examples(tmp_path):
     assert result.returncode == 0, result.stderr
     for text in (
         "adapter: freeze, full",
-        "task: credit_scoring, table_classification, text_classification",
+        (
+            "task: card_approval, credit_scoring, intent, loan_default, loan_grade, market_direction, "
+            "mortgage_denial, sentiment, table_classification, text_classification"
+        ),
         "trainer: auto, cpu, ddp, gpu",
         "finexp-train -m seed=1,2,3",
     ):

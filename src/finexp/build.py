@@ -42,10 +42,13 @@ def datamodule_from(
             text=task.text_column,
             features=_plain(task.feature_columns),
             exclude=_plain(task.exclude_columns),
+            sensitive=task.sensitive_column,
             phrases=phrases,
             serializer_options=serialization,
         ),
-        split=SplitPolicy(data.val_size, data.test_size, data.split_seed, data.max_rows),
+        split=SplitPolicy(
+            data.val_size, data.test_size, data.split_seed, data.max_rows, data.time_column, data.test_from
+        ),
         positive_label=task.positive_label,
         max_length=data.max_length,
         batch_size=data.batch_size,

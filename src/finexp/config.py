@@ -49,6 +49,7 @@ class TaskConfig:
     positive_label: str | None = None  # binary tasks: the class whose probability is scored (AUROC, KS, ...)
     feature_columns: list[str] | None = None  # table tasks: columns to serialize (default: all but label/excluded)
     exclude_columns: list[str] = field(default_factory=list)
+    sensitive_column: str | None = None  # kept out of the text, kept in the splits for fairness analysis
     serialization: SerializationConfig = field(default_factory=SerializationConfig)
     class_weights: str | None = None  # null or "balanced" (inverse class frequency in the train split)
     monitor: str = "auto"  # metric for checkpointing/early stopping; auto: val/auroc (binary), val/f1_macro
@@ -66,6 +67,8 @@ class DataConfig:
     val_size: float = 0.1
     test_size: float = 0.2
     split_seed: int = 42  # fixed apart from `seed`, so seeds vary training, not the split
+    time_column: str | None = None  # set: time-ordered split (train < val < test in time), never shuffled across time
+    test_from: Any = None  # with time_column: rows at/after this value are the test split (else the last test_size)
     max_rows: int | None = None  # stratified subsample of the source table before splitting (smoke runs)
     max_length: int = 128  # truncation length in tokens; batches are padded only to their longest row
     batch_size: int = 32

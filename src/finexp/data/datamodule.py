@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, SequentialSampler
 from finexp.data.batching import LengthGroupedSampler, PadCollator, TokenizedDataset, tokenize_cached
 from finexp.data.serialize import RowSerializer
 from finexp.data.sources import DataError, read_rdataset, read_table, require_columns
-from finexp.data.splits import Splits, fingerprint, stratified_split, stratified_subsample
+from finexp.data.splits import Splits, fingerprint, stratified_split, stratified_subsample, time_ordered_split
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Columns:
     text: str | None = None  # None: serialize the table's feature columns into text
     features: Sequence[str] | None = None
     exclude: Sequence[str] = ()
+    sensitive: str | None = None  # a protected attribute: never serialized, kept in the splits for fairness analysis
     phrases: Mapping[str, str] = field(default_factory=dict)
     serializer_options: Mapping[str, object] = field(default_factory=dict)
 
@@ -45,6 +46,8 @@ class SplitPolicy:
     test_size: float = 0.2
     seed: int = 42
     max_rows: int | None = None
+    time_column: str | None = None  # time-ordered split instead of a stratified one
+    test_from: object = None
 
 
 class ClassificationDataModule(pl.LightningDataModule):
@@ -115,6 +118,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         wanted = {"task.label_column": cols.label, "task.text_column": cols.text}
         wanted |= {f"task.feature_columns[{i}]": c for i, c in enumerate(cols.features or [])}
         wanted |= {f"task.exclude_columns[{i}]": c for i, c in enumerate(cols.exclude)}
+        wanted |= {"task.sensitive_column": cols.sensitive, "data.time_column": self.split.time_column}
         require_columns(frame, wanted, origin)
         self._check_missing(frame, cols.label, origin, "label")
         if cols.text is not None:
@@ -145,6 +149,9 @@ class ClassificationDataModule(pl.LightningDataModule):
             return Splits(test.iloc[:0], test.iloc[:0], test)
         if src.train_path is None:
             frame, _ = self._read(src.path)
+            if policy.time_column is not None:
+                return Splits(*time_ordered_split(frame, policy.time_column, policy.val_size, policy.test_size,
+                                                  policy.test_from))
             rest, test = stratified_split(frame, label, policy.test_size, policy.seed, "test")
             val_fraction = policy.val_size / (1 - policy.test_size)
             train, val = stratified_split(rest, label, val_fraction, policy.seed, "val")
@@ -164,8 +171,11 @@ class ClassificationDataModule(pl.LightningDataModule):
         cols = self.columns
         if cols.features is not None:
             features = list(cols.features)
+            if cols.sensitive in features:
+                raise DataError(f"task.sensitive_column={cols.sensitive!r} is also in task.feature_columns; "
+                                "a protected attribute is kept out of the model's input")
         else:
-            dropped = {cols.label, *cols.exclude}
+            dropped = {cols.label, *cols.exclude, cols.sensitive}
             ordered = [c for c in cols.phrases if c in frame.columns]  # phrase order first, then the rest
             features = ordered + [c for c in frame.columns if c not in dropped and c not in ordered]
         if not features:

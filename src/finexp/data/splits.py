@@ -50,6 +50,33 @@ def stratified_split(
     return rest.reset_index(drop=True), split.reset_index(drop=True)
 
 
+def time_ordered_split(
+    frame: pd.DataFrame, time_column: str, val_size: float, test_size: float, test_from: object = None
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Train, val and test in time order: no row of an earlier split is later than a row of a later split.
+
+    Rows are sorted by ``time_column`` (stably, so rows sharing a time keep their file order). The test split is
+    every row at or after ``test_from`` if given, else the last ``test_size`` share; val is the last ``val_size``
+    share (of all rows) before the test split.
+    """
+    ordered = frame.sort_values(time_column, kind="stable").reset_index(drop=True)
+    if test_from is not None:
+        n_test = int((ordered[time_column] >= test_from).sum())
+        if n_test == 0 or n_test == len(ordered):
+            raise DataError(
+                f"data.test_from={test_from!r} leaves an empty split; {time_column!r} runs from "
+                f"{ordered[time_column].iloc[0]} to {ordered[time_column].iloc[-1]}"
+            )
+    else:
+        n_test = round(len(ordered) * test_size)
+    n_val = round(len(ordered) * val_size)
+    n_train = len(ordered) - n_test - n_val
+    if n_train < 1 or n_val < 1:
+        raise DataError(f"time-ordered split of {len(ordered)} rows leaves {n_train} train and {n_val} val rows")
+    split = [ordered.iloc[:n_train], ordered.iloc[n_train : n_train + n_val], ordered.iloc[n_train + n_val :]]
+    return tuple(part.reset_index(drop=True) for part in split)
+
+
 def stratified_subsample(frame: pd.DataFrame, label_column: str, n_rows: int, seed: int) -> pd.DataFrame:
     """Keep ``n_rows`` rows with the class proportions of ``frame`` (for smoke runs on big tables)."""
     if n_rows >= len(frame):
