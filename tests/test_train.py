@@ -90,6 +90,11 @@ def test_credit_scoring_default_task_on_tiny_model(make_cfg):
     assert metrics["epochs"] == 1 and "test/ks" in metrics
 
 
+def test_decoder_model_classifies_with_last_token_pooling(make_cfg, sentiment_csv):
+    metrics = train(make_cfg(*text_task(sentiment_csv), "model=tiny_gpt", "trainer.max_epochs=4", "optimizer.lr=3e-3"))
+    assert metrics["test/auroc"] > 0.8
+
+
 def test_freeze_trains_only_the_head(make_cfg, sentiment_csv):
     metrics = train(make_cfg(*text_task(sentiment_csv), "adapter=freeze", "trainer.max_epochs=1"))
     assert metrics["params/trainable"] == 32 * 2 + 2  # hidden 32 -> 2 classes
