@@ -1,7 +1,9 @@
 """Fine-tuning strategies: functions that take a :class:`SequenceClassifier` and choose what trains.
 
 Each is the ``_target_`` of a file in ``conf/adapter/`` and returns the (possibly wrapped) model. The head always
-trains.
+trains. Here: ``full`` and ``freeze``; :mod:`.strategies` (top ``k`` layers), :mod:`.peft_methods` (LoRA/DoRA/rsLoRA,
+IA³, prompt and prefix tuning), :mod:`.bottleneck` (Houlsby/Pfeiffer adapters); :mod:`.checkpoint` saves only what
+trains; :mod:`.layers` finds the transformer blocks of any architecture.
 """
 
 from __future__ import annotations

@@ -1,0 +1,140 @@
+"""Lightning callbacks that record what a run cost: time per epoch, throughput, peak memory, checkpoint size.
+
+Wired through ``conf/callbacks/default.yaml``; ``finexp-train`` merges :attr:`RunCosts.records` into ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+
+class PeakRssSampler:
+    """Samples the process's resident set size in a background thread; RSS peaks inside backward, between hooks."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.process = psutil.Process()
+        self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="finexp-rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+        return self.peak
+
+
+class RunCosts(pl.Callback):
+    """Record the cost of training: time per epoch, training throughput, peak memory and checkpoint size.
+
+    Keys (also logged): ``time/epoch_s`` (mean wall time of a training epoch, validation included),
+    ``time/train_step_s`` (total time inside training steps), ``throughput/train_samples_per_s`` and
+    ``throughput/train_tokens_per_s`` (real tokens, padding excluded; ``..._padded_tokens_per_s`` counts padding)
+    over the time spent in training steps, ``memory/peak_mb`` (max allocated on a GPU, else the peak resident set
+    size of the process while fitting, sampled every ``memory_interval_s``), ``memory/start_mb`` (resident set size
+    when fitting starts) and ``checkpoint/size_mb`` (the best checkpoint, or the last one).
+
+    RSS is the whole process's: jobs of one Hydra multirun share a process, so compare CPU memory across runs
+    started as separate processes.
+
+    Args:
+        memory_interval_s: RSS sampling period on CPU; smaller catches shorter peaks.
+    """
+
+    def __init__(self, memory_interval_s: float = 0.02) -> None:
+        self.memory_interval_s = memory_interval_s
+        self.records: dict[str, float] = {}
+        self._sampler: PeakRssSampler | None = None
+        self._epoch_times: list[float] = []
+        self._epoch_start = 0.0
+        self._step_start = 0.0
+        self._step_time = 0.0
+        self._samples = 0
+        self._tokens = 0
+        self._padded = 0
+        self._cuda = False
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.records = {}
+        self._epoch_times, self._step_time, self._samples, self._tokens, self._padded = [], 0.0, 0, 0, 0
+        self._cuda = pl_module.device.type == "cuda"
+        self.records["memory/start_mb"] = psutil.Process().memory_info().rss / 2**20
+        if self._cuda:
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+        else:
+            self._sampler = PeakRssSampler(self.memory_interval_s)
+            self._sampler.start()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        self._step_time += time.perf_counter() - self._step_start
+        mask = batch["attention_mask"]
+        self._samples += int(mask.shape[0])
+        self._tokens += int(mask.sum())
+        self._padded += int(mask.numel())
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_times.append(time.perf_counter() - self._epoch_start)
+        pl_module.log("time/epoch_s", self._epoch_times[-1], on_epoch=True, sync_dist=False)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._cuda:
+            peak = torch.cuda.max_memory_allocated(pl_module.device)
+        else:
+            peak = self._sampler.stop() if self._sampler else 0
+            self._sampler = None
+        step_time = max(self._step_time, 1e-9)
+        self.records |= {
+            "time/epoch_s": sum(self._epoch_times) / max(1, len(self._epoch_times)),
+            "time/train_step_s": self._step_time,
+            "throughput/train_samples_per_s": self._samples / step_time,
+            "throughput/train_tokens_per_s": self._tokens / step_time,
+            "throughput/train_padded_tokens_per_s": self._padded / step_time,
+            "memory/peak_mb": peak / 2**20,
+        }
+        checkpoint = _checkpoint_file(trainer)
+        if checkpoint is not None:
+            self.records["checkpoint/size_mb"] = checkpoint.stat().st_size / 2**20
+        for logger in trainer.loggers:
+            logger.log_metrics(self.records, step=trainer.global_step)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self._sampler is not None:
+            self._sampler.stop()
+            self._sampler = None
+
+
+def _checkpoint_file(trainer: pl.Trainer) -> Path | None:
+    callback = trainer.checkpoint_callback
+    if not isinstance(callback, ModelCheckpoint):
+        return None
+    for path in (callback.best_model_path, callback.last_model_path):
+        if path and Path(path).is_file():
+            return Path(path)
+    return None
