@@ -1,0 +1,214 @@
+"""Many jobs: joblib multiruns with a failing job and their rerun, Optuna, W&B sweep commands, launchers, CV folds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from conftest import FAST, sentiment_frame, text_task
+from finexp import FinexpError
+from finexp.config import ConfigError, config_dir, validate_config
+from finexp.data.folds import cross_validation_fold
+from finexp.data.splits import Splits
+from finexp.report import write_report
+from finexp.resume import plan_rerun
+from finexp.sweeps import agent_command, example_parameters, load_sweep
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = [*FAST, "trainer.max_epochs=1", "data.batch_size=16", "analysis=none"]
+
+
+def _cli(tmp_path: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "FINEXP_ROOT": str(tmp_path), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "finexp.train", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_joblib_multirun_records_a_failed_job_goes_on_and_reruns_skip_finished_jobs(tmp_path, sentiment_csv):
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m",
+        *QUICK,
+        *text_task(sentiment_csv),
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep}",
+        "optimizer.lr=1e-3,-1",  # job 1 is rejected when it starts
+    ]
+    first = _cli(tmp_path, *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    ok, failed = sweep / "0", sweep / "1"
+    metrics = json.loads((ok / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and 0 <= metrics["val/auroc"] <= 1
+    assert not (failed / "metrics.json").exists()
+    error = json.loads((failed / "error.json").read_text())
+    assert error["status"] == "failed" and error["type"] == "ConfigError"
+    assert "optimizer.lr=-1" in error["error"] and "Traceback" in error["traceback"]
+
+    write_report(sweep)  # finexp-report names the failed job
+    report = (sweep / "report.md").read_text()
+    assert "1 completed, 1 failed" in report and "optimizer.lr=-1" in report
+
+    before = (ok / "metrics.json").stat().st_mtime_ns
+    second = _cli(tmp_path, *args)  # rerun of the same sweep: the finished job is not trained again
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert (ok / "metrics.json").stat().st_mtime_ns == before
+    assert "skipping the run" in (ok / "train.log").read_text()
+    assert json.loads((failed / "error.json").read_text())["type"] == "ConfigError"
+
+
+def test_optuna_search_of_three_trials_maximizes_the_monitor(tmp_path, sentiment_csv):
+    sweep = tmp_path / "optuna"
+    result = _cli(
+        tmp_path,
+        "-m",
+        *QUICK,
+        *text_task(sentiment_csv),
+        "hparams_search=optuna",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.n_startup_trials=2",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in jobs] == ["0", "1", "2"]
+    scores, rates = [], set()
+    for job in jobs:
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert "test/auroc" not in metrics  # hparams_search chooses on val only
+        scores.append(metrics["val/auroc"])
+        config = yaml.safe_load((job / "config.yaml").read_text())
+        assert 1e-5 <= config["optimizer"]["lr"] <= 1e-3 and 0 <= config["model"]["dropout"] <= 0.3
+        rates.add(config["optimizer"]["lr"])
+    assert len(rates) == 3  # three different proposals
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(scores))
+
+
+def test_wandb_sweep_yaml_runs_finexp_with_hydra_overrides_that_compose(make_cfg):
+    sweep = load_sweep(REPO / "scripts" / "wandb_sweep.yaml")
+    params = example_parameters(sweep)
+    argv = agent_command(sweep, params)
+    assert argv[:2] == ["/usr/bin/env", "finexp-train"]
+    overrides = argv[2:]
+    assert "optimizer.lr=1e-05" in overrides and "logger.wandb.offline=false" in overrides
+    assert not any(o.startswith("-") for o in overrides)  # Hydra overrides, not --flags
+    cfg = make_cfg(*overrides, fast=False)  # the agent's command composes like the CLI's
+    assert cfg.optimizer.lr == pytest.approx(1e-5) and cfg.seed == params["seed"]
+    assert cfg.logger.wandb.offline is False
+    assert sweep["metric"]["name"] == "val/auroc"
+    with pytest.raises(FinexpError, match="no such sweep file"):
+        load_sweep(REPO / "scripts" / "missing.yaml")
+
+
+def test_launcher_and_search_configs_compose():
+    GlobalHydra.instance().clear()
+    overrides = ["hydra/launcher=slurm", "hparams_search=optuna_lora", "trainer=ddp", "trainer.num_nodes=2"]
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, "hydra.launcher.partition=a100"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    launcher, sweeper = cfg.hydra.launcher, cfg.hydra.sweeper
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.partition == "a100" and launcher.nodes == 2 and launcher.timeout_min > 0  # nodes follow trainer
+    assert launcher.max_num_timeout > 0  # requeued jobs resume from their last.ckpt
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert set(sweeper.params) == {"optimizer.lr", "model.dropout", "adapter.r", "adapter.dropout"}
+    assert cfg.adapter._target_.endswith("build_lora") and cfg.test is False
+
+
+def test_deepspeed_without_the_package_is_a_clear_config_error(make_cfg, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
+    cfg = make_cfg("trainer=deepspeed")
+    with pytest.raises(ConfigError, match=r"needs the 'deepspeed' package.*pip install deepspeed"):
+        validate_config(cfg)
+    cfg = make_cfg("trainer=fsdp", "trainer.num_nodes=4")
+    validate_config(cfg)
+    assert cfg.trainer.strategy._target_.endswith("FSDPStrategy") and cfg.trainer.num_nodes == 4
+
+
+def test_rerun_plan_skips_complete_resumes_interrupted_and_restarts_changed_runs(tmp_path):
+    config = {"seed": 1, "optimizer": {"lr": 0.1}, "task": {"monitor": "auto"}, "ckpt_path": None}
+    assert plan_rerun(tmp_path, config, None, True).action == "fresh"  # nothing there
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**config, "task": {"monitor": "val/auroc"}}))
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    plan = plan_rerun(tmp_path, config, None, True)
+    assert plan.action == "resume" and plan.ckpt_path.endswith("last.ckpt")
+    (tmp_path / "metrics.json").write_text(json.dumps({"status": "completed", "val/auroc": 0.7}))
+    assert plan_rerun(tmp_path, config, None, True).metrics["val/auroc"] == 0.7
+    assert plan_rerun(tmp_path, config, None, False).action == "fresh"  # resume=false
+    other = {**config, "optimizer": {"lr": 0.2}}  # e.g. Optuna proposed other values for this job number
+    assert plan_rerun(tmp_path, other, None, True).action == "fresh"
+    assert plan_rerun(tmp_path, other, "last", True).action == "resume"  # explicit: always honoured
+    with pytest.raises(FinexpError, match="no checkpoint at"):
+        plan_rerun(tmp_path / "elsewhere", config, "last", True)
+
+
+def _splits(frame: pd.DataFrame) -> Splits:
+    n = len(frame)
+    return Splits(frame.iloc[: n // 2], frame.iloc[n // 2 : 3 * n // 4], frame.iloc[3 * n // 4 :])
+
+
+def test_stratified_folds_partition_train_and_val_and_keep_the_test_split():
+    frame = sentiment_frame(200)
+    base = _splits(frame)
+    vals = [cross_validation_fold(base, "sentiment", 5, i, seed=3).val for i in range(5)]
+    pool_ids = set(pd.concat([base.train, base.val])["id"])
+    assert sorted(i for v in vals for i in v["id"]) == sorted(pool_ids)  # every row validates exactly once
+    for i, val in enumerate(vals):
+        fold = cross_validation_fold(base, "sentiment", 5, i, seed=3)
+        assert set(fold.train["id"]).isdisjoint(val["id"]) and len(fold.train) + len(val) == len(pool_ids)
+        assert fold.test.equals(base.test)
+        assert val["sentiment"].value_counts().max() - val["sentiment"].value_counts().min() <= 1  # stratified
+    again = cross_validation_fold(base, "sentiment", 5, 2, seed=3).val
+    assert again["id"].tolist() == vals[2]["id"].tolist()  # seeded
+    with pytest.raises(FinexpError, match="fewer than the folds"):
+        cross_validation_fold(_splits(frame.iloc[:12]), "sentiment", 5, 0, seed=0)
+
+
+def test_time_series_folds_chain_forward():
+    frame = sentiment_frame(120).assign(day=lambda f: f["id"][::-1].to_numpy())  # time runs against file order
+    base = _splits(frame.sort_values("day").reset_index(drop=True))
+    for i in range(3):
+        fold = cross_validation_fold(base, "sentiment", 3, i, seed=0, time_column="day")
+        assert fold.train["day"].max() < fold.val["day"].min()  # never validated on the past
+        assert len(fold.val) == 90 // 4 + (1 if (i + 1) < 90 % 4 else 0)
+    sizes = [len(cross_validation_fold(base, "sentiment", 3, i, 0, "day").train) for i in range(3)]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]  # a growing window
+
+
+def test_cv_fold_values_are_checked_and_reach_the_datamodule(make_cfg, sentiment_csv):
+    from finexp.build import datamodule_from, tokenizer_from
+
+    with pytest.raises(ConfigError, match=r"data.cv.fold=5 is not allowed: must be in \[0, 4\]"):
+        validate_config(make_cfg(*text_task(sentiment_csv), "data.cv.folds=5", "data.cv.fold=5"))
+    with pytest.raises(ConfigError, match=r"data\.cv\.folds=1"):
+        validate_config(make_cfg(*text_task(sentiment_csv), "data.cv.folds=1"))
+    rows = {}
+    for fold in (0, 1):
+        cfg = make_cfg(*text_task(sentiment_csv), "data.cv.folds=4", f"data.cv.fold={fold}")
+        dm = datamodule_from(cfg, tokenizer_from(cfg))
+        dm.prepare()
+        rows[fold] = (set(dm.splits.val["id"]), set(dm.splits.test["id"]), len(dm.splits.train))
+    assert rows[0][0].isdisjoint(rows[1][0]) and rows[0][1] == rows[1][1]
+    assert rows[0][2] + len(rows[0][0]) == 160 - len(rows[0][1])
+    assert OmegaConf.select(cfg, "data.cv.folds") == 4
