@@ -1,0 +1,9 @@
+"""Trust reports: evaluation metrics, calibration, thresholds, fairness, explanations and the run's model card.
+
+Library code on plain arrays (``metrics``, ``fairness``, ``attributions``, ``plots``, ``report``) plus the glue that
+the entry points call (:func:`~finexp.analysis.pipeline.analyze`).
+"""
+
+from finexp.analysis.pipeline import AnalysisOptions, Predictions, analyze, predict
+
+__all__ = ["AnalysisOptions", "Predictions", "analyze", "predict"]
