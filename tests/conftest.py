@@ -27,6 +27,7 @@ FAST = [  # what every in-process test run shares: tiny model, CSV logger, quick
     "trainer.enable_model_summary=false",
     "trainer.num_sanity_val_steps=0",
     "callbacks.progress_bar=null",
+    "analysis=none",  # the trust report is tested in test_analysis.py/test_explain.py; elsewhere it only costs time
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import subprocess
 import sys
@@ -26,6 +27,8 @@ NEEDS = {
     ("task", "intent"): ["data.path=x.csv"],
     ("model", "hf"): ["model.name_or_path=some/model"],
 }
+# Options that need a package finexp does not install (checked by validate_config before anything is built).
+PACKAGES = {("trainer", "deepspeed"): "deepspeed"}
 
 
 def _resolve_target(path: str) -> object:
@@ -78,7 +81,12 @@ def test_every_group_has_files():
 def test_every_config_file_composes(make_cfg, group, option):
     cfg = make_cfg(f"{group}={option}", *NEEDS.get((group, option), []), fast=False)
     OmegaConf.resolve(cfg)  # every interpolation resolves (package paths, monitors, ...)
-    validate_config(cfg)
+    package = PACKAGES.get((group, option))
+    if package and importlib.util.find_spec(package) is None:  # rejected up front, naming the package
+        with pytest.raises(ConfigError, match=f"pip install {package}"):
+            validate_config(cfg)
+    else:
+        validate_config(cfg)
     assert _check_targets(cfg) >= 4  # trainer, optimizer, scheduler, adapter at least
 
 
@@ -152,12 +160,12 @@ def test_help_lists_groups_and_examples(tmp_path):
     result = _cli("--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     for text in (
-        "adapter: freeze, full",
+        "adapter: bottleneck, freeze, full, ia3, lora, prefix_tuning, prompt_tuning, top_layers",
         (
             "task: card_approval, credit_scoring, intent, loan_default, loan_grade, market_direction, "
             "mortgage_denial, sentiment, table_classification, text_classification"
         ),
-        "trainer: auto, cpu, ddp, gpu",
+        "trainer: auto, cpu, ddp, ddp_cpu, deepspeed, fsdp, gpu",
         "finexp-train -m seed=1,2,3",
     ):
         assert text in result.stdout

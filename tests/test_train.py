@@ -127,6 +127,10 @@ def test_loggers_write_offline(make_cfg, sentiment_csv, logger, monkeypatch, tmp
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     cfg = make_cfg(*text_task(sentiment_csv), f"logger={logger}", "trainer.max_epochs=1")
     train(cfg)
+    if logger == "wandb":
+        import wandb
+
+        wandb.finish()  # what finexp-train does after a run: flush the offline files
     run = Path(cfg.paths.output_dir)
     assert (run / "csv" / "metrics.csv").is_file()
     if logger == "tensorboard":
@@ -161,6 +165,8 @@ def test_cli_reports_bad_input_briefly(tmp_path, sentiment_csv):
     assert "finexp-train: error:" in result.stderr and "available: id, headline, sentiment" in result.stderr
     assert "Traceback" not in result.stderr
     assert not list(tmp_path.rglob("metrics.json"))
+    (error,) = tmp_path.rglob("error.json")  # the failed-run record finexp-report lists
+    assert json.loads(error.read_text())["type"] == "DataError" and "labl" in json.loads(error.read_text())["error"]
 
 
 def test_cli_multirun_sweep(tmp_path, sentiment_csv):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytorch_lightning as pl
@@ -12,7 +13,10 @@ from transformers import PreTrainedTokenizerBase
 from finexp.data.datamodule import ClassificationDataModule, Columns, DataSource, SplitPolicy
 from finexp.models.backbone import build_encoder, build_tokenizer
 from finexp.models.classifier import SequenceClassifier
+from finexp.privacy import PrivacyPlan, build_privacy
 from finexp.tasks.classification import SequenceClassificationModule
+
+log = logging.getLogger("finexp")
 
 
 def _plain(node: Any) -> Any:
@@ -30,8 +34,12 @@ def datamodule_from(
     tokenizer: PreTrainedTokenizerBase,
     source: DataSource | None = None,
     label_names: list[str] | None = None,
+    privacy: PrivacyPlan | None = None,
 ) -> ClassificationDataModule:
+    """The datamodule; ``privacy`` (training) adds label DP and Poisson sampling, PII masking applies always."""
     task, data = cfg.task, cfg.data
+    mask_pii = OmegaConf.select(cfg, "privacy.mask_pii", default=False)  # absent in configs saved before masking
+    masking = (privacy or privacy_from(cfg)).mask if mask_pii else None
     serialization = _plain(task.serialization)
     phrases = serialization.pop("columns")
     return ClassificationDataModule(
@@ -47,7 +55,14 @@ def datamodule_from(
             serializer_options=serialization,
         ),
         split=SplitPolicy(
-            data.val_size, data.test_size, data.split_seed, data.max_rows, data.time_column, data.test_from
+            data.val_size,
+            data.test_size,
+            data.split_seed,
+            data.max_rows,
+            data.time_column,
+            data.test_from,
+            cv_folds=OmegaConf.select(data, "cv.folds"),  # absent in configs saved before cross-validation
+            cv_fold=OmegaConf.select(data, "cv.fold", default=0),
         ),
         positive_label=task.positive_label,
         max_length=data.max_length,
@@ -58,7 +73,15 @@ def datamodule_from(
         cache_dir=data.cache_dir,
         seed=cfg.get("seed", 0),
         label_names=label_names,
+        preprocess=masking,
+        train_label_transform=privacy.labels if privacy is not None else None,
+        train_batch_sampler=privacy.dp_sgd.batch_sampler if privacy is not None and privacy.dp_sgd else None,
     )
+
+
+def privacy_from(cfg: DictConfig) -> PrivacyPlan:
+    """The run's privacy pieces (``conf/privacy``): PII masker, label randomizer, DP-SGD callback."""
+    return build_privacy(seed=cfg.get("seed", 0), label_column=cfg.task.label_column, **_plain(cfg.privacy))
 
 
 def model_from(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase) -> SequenceClassifier:
@@ -111,4 +134,12 @@ def loggers_from(cfg: DictConfig) -> list[Any]:
 
 
 def trainer_from(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any]) -> pl.Trainer:
+    if cfg.privacy.name == "dp_sgd" and cfg.trainer.get("gradient_clip_val"):
+        log.warning(
+            "privacy=dp_sgd: trainer.gradient_clip_val=%s turned off; DP-SGD clips each row's gradient to "
+            "privacy.max_grad_norm=%s instead",
+            cfg.trainer.gradient_clip_val,
+            cfg.privacy.max_grad_norm,
+        )
+        cfg.trainer.gradient_clip_val = None  # the saved config.yaml shows what ran
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")

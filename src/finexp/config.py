@@ -56,6 +56,17 @@ class TaskConfig:
 
 
 @dataclass
+class CrossValidationConfig:
+    """K-fold cross-validation: fold ``fold`` of ``folds`` is the val split (the test split stays held out).
+
+    Stratified and seeded by ``data.split_seed``; with ``data.time_column``, forward-chaining folds instead.
+    """
+
+    folds: int | None = None  # null: no cross-validation (one train/val split)
+    fold: int = 0  # which fold validates; sweep it: -m data.cv.fold=0,1,2,3,4
+
+
+@dataclass
 class DataConfig:
     """Where rows come from, how they are split and batched."""
 
@@ -76,6 +87,7 @@ class DataConfig:
     group_by_length: bool = True  # batch rows of similar length together (less padding)
     num_workers: int = 0
     cache_dir: str | None = "${paths.cache_dir}"  # tokenized splits are cached here; null disables
+    cv: CrossValidationConfig = field(default_factory=CrossValidationConfig)
 
 
 @dataclass
@@ -89,6 +101,8 @@ class ModelConfig:
     pooling: str = "mean"  # mean | cls | last
     dropout: float = 0.1  # dropout before the head
     local_files_only: bool = False  # never touch the network (set HF_HUB_OFFLINE=1 for the same effect)
+    kind: str = "transformer"  # transformer | baseline (a classic model: model=tfidf_logreg, gbm)
+    estimator: Any = None  # baselines: the estimator (``_target_`` in finexp.baselines)
 
 
 @dataclass
@@ -105,23 +119,80 @@ class FreezeAdapterConfig:
 
 
 @dataclass
+class TopLayersAdapterConfig:
+    _target_: str = "finexp.adapters.strategies.train_top_layers"
+    _partial_: bool = True
+    k: int = 2  # top encoder blocks that train
+
+
+@dataclass
+class LoraAdapterConfig:
+    _target_: str = "finexp.adapters.peft_methods.build_lora"
+    _partial_: bool = True
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.1
+    target_modules: list[str] | None = None  # None: the architecture's attention query/value projections
+    use_dora: bool = False
+    use_rslora: bool = False
+
+
+@dataclass
+class IA3AdapterConfig:
+    _target_: str = "finexp.adapters.peft_methods.build_ia3"
+    _partial_: bool = True
+    target_modules: list[str] | None = None  # None: peft's defaults for the architecture (keys, values, FFN)
+    feedforward_modules: list[str] | None = None
+
+
+@dataclass
+class PromptTuningAdapterConfig:
+    _target_: str = "finexp.adapters.peft_methods.build_prompt_tuning"
+    _partial_: bool = True
+    num_virtual_tokens: int = 20
+    init_text: str | None = None
+    tokenizer: str | None = None
+
+
+@dataclass
+class PrefixTuningAdapterConfig:
+    _target_: str = "finexp.adapters.peft_methods.build_prefix_tuning"
+    _partial_: bool = True
+    num_virtual_tokens: int = 20
+    prefix_projection: bool = False
+
+
+@dataclass
+class BottleneckAdapterConfig:
+    _target_: str = "finexp.adapters.bottleneck.build_bottleneck"
+    _partial_: bool = True
+    variant: str = "houlsby"  # houlsby | pfeiffer
+    reduction_factor: int = 16
+    activation: str | None = None  # None: the variant's (houlsby: silu, pfeiffer: relu)
+
+
+@dataclass
 class AdamWConfig:
-    _target_: str = "torch.optim.AdamW"
+    _target_: str = "finexp.optim.adamw"  # torch.optim.AdamW plus layer-wise / head learning rates
     _partial_: bool = True
     lr: float = 5e-5
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    layer_decay: float = 1.0  # < 1: layer-wise lr decay (finexp.optim.layerwise_groups); 1: off
+    head_lr: float | None = None  # the head's own lr (None: lr)
 
 
 @dataclass
 class SGDConfig:
-    _target_: str = "torch.optim.SGD"
+    _target_: str = "finexp.optim.sgd"  # torch.optim.SGD plus layer-wise / head learning rates
     _partial_: bool = True
     lr: float = 1e-2
     weight_decay: float = 0.0
     momentum: float = 0.9
     nesterov: bool = True
+    layer_decay: float = 1.0
+    head_lr: float | None = None
 
 
 @dataclass
@@ -132,8 +203,61 @@ class SchedulerConfig:
 
 
 @dataclass
+class PIIConfig:
+    """What ``privacy.mask_pii=true`` masks (see finexp.privacy.pii)."""
+
+    name_columns: list[str] = field(default_factory=list)  # person names are masked in these columns only
+    extra_names: list[str] = field(default_factory=list)  # given names added to the built-in list
+    types: list[str] | None = None  # null: every type (EMAIL, IBAN, CARD, NATIONAL_ID, ACCOUNT, PHONE, NAME)
+
+
+@dataclass
 class PrivacyConfig:
+    """``privacy=none``; every privacy option extends it, so PII masking composes with each."""
+
     name: str = "none"
+    mask_pii: bool = False  # mask personal data in the text (typed placeholders) before tokenization
+    pii: PIIConfig = field(default_factory=PIIConfig)
+
+
+@dataclass
+class DPSGDConfig(PrivacyConfig):
+    """``privacy=dp_sgd``: finexp.privacy.DPSGD (Opacus)."""
+
+    name: str = "dp_sgd"
+    max_grad_norm: float = 1.0
+    noise_multiplier: float | None = None
+    epsilon: float | None = 8.0
+    delta: float | None = None
+    accountant: str = "rdp"
+    secure_mode: bool = False
+
+
+@dataclass
+class LabelDPConfig(PrivacyConfig):
+    """``privacy=label_dp``: finexp.privacy.LabelRandomizer."""
+
+    name: str = "label_dp"
+    epsilon: float = 1.0
+    prior: str | None = None
+    first_stage_fraction: float = 0.5
+
+
+@dataclass
+class AnalysisConfig:
+    """The trust report of a run (``conf/analysis``; finexp.analysis.AnalysisOptions)."""
+
+    enabled: bool = True
+    ece_bins: int = 15  # equal-width bins of the top-label confidence
+    temperature_scaling: bool = True  # fit a temperature on val, report calibration before/after
+    approval_rate: float = 0.7  # binary: also report the val threshold approving this share of rows
+    favorable_label: str | None = None  # binary: the outcome good for the person scored (None: the negative class)
+    group_thresholds: bool = False  # fairness: per-group thresholds chosen on val for equal opportunity
+    fairness_at: str = "approval_rate"  # fairness threshold: approval_rate | val_f1_max | default (0.5)
+    explain: bool = False  # integrated-gradients explanations (Captum)
+    explain_examples: int = 20
+    ig_steps: int = 32
+    top_words: int = 15
 
 
 @dataclass
@@ -159,10 +283,12 @@ class TrainConfig:
     logger: Any = None
     callbacks: Any = None
     paths: PathsConfig = field(default_factory=PathsConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     seed: int = 42
     run_name: str = MISSING
     tags: list[str] = field(default_factory=list)
-    ckpt_path: str | None = None  # resume training from this checkpoint
+    ckpt_path: str | None = None  # resume training from this checkpoint ("last": <run dir>/checkpoints/last.ckpt)
+    resume: bool = True  # a rerun into a run directory of the same config: skip it if complete, else continue it
     test: bool = True  # evaluate the best checkpoint on the test split after training
 
 
@@ -175,13 +301,15 @@ class EvalConfig:
     batch_size: int | None = None
     trainer: Any = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
 
 ALLOWED = {
     "task.problem": ("classification",),
     "task.class_weights": (None, "balanced"),
     "model.pooling": ("mean", "cls", "last"),
-    "privacy.name": ("none",),
+    "model.kind": ("transformer", "baseline"),
+    "privacy.name": ("none", "dp_sgd", "label_dp"),
 }
 
 
@@ -192,10 +320,19 @@ def register_configs() -> None:
     cs.store(name="eval_schema", node=EvalConfig)
     cs.store(group="schema/adapter", name="full", node=FullAdapterConfig)
     cs.store(group="schema/adapter", name="freeze", node=FreezeAdapterConfig)
+    cs.store(group="schema/adapter", name="top_layers", node=TopLayersAdapterConfig)
+    cs.store(group="schema/adapter", name="lora", node=LoraAdapterConfig)
+    cs.store(group="schema/adapter", name="ia3", node=IA3AdapterConfig)
+    cs.store(group="schema/adapter", name="prompt_tuning", node=PromptTuningAdapterConfig)
+    cs.store(group="schema/adapter", name="prefix_tuning", node=PrefixTuningAdapterConfig)
+    cs.store(group="schema/adapter", name="bottleneck", node=BottleneckAdapterConfig)
     cs.store(group="schema/optimizer", name="adamw", node=AdamWConfig)
     cs.store(group="schema/optimizer", name="sgd", node=SGDConfig)
     cs.store(group="schema/scheduler", name="scheduler", node=SchedulerConfig)
     cs.store(group="schema/privacy", name="privacy", node=PrivacyConfig)
+    cs.store(group="schema/analysis", name="analysis", node=AnalysisConfig)
+    cs.store(group="schema/privacy", name="dp_sgd", node=DPSGDConfig)
+    cs.store(group="schema/privacy", name="label_dp", node=LabelDPConfig)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -215,7 +352,19 @@ def monitor_mode(monitor: str) -> str:
     return "min" if name in {"loss", "mae", "rmse", "mse", "perplexity", "ece", "brier"} else "max"
 
 
+def run_dir_of(ckpt_path: str | None, default: str) -> str:
+    """The run directory a checkpoint belongs to (``<run dir>/checkpoints/x.ckpt``), else ``default``.
+
+    ``hydra.run.dir`` uses it, so resuming from an explicit checkpoint continues in that checkpoint's run directory.
+    """
+    if ckpt_path and ckpt_path != "last" and Path(ckpt_path).parent.name == "checkpoints":
+        return str(Path(ckpt_path).parent.parent)
+    return default
+
+
 def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("run_dir_of"):
+        OmegaConf.register_new_resolver("run_dir_of", run_dir_of)
     if not OmegaConf.has_resolver("package_path"):
         OmegaConf.register_new_resolver("package_path", package_path)
     if not OmegaConf.has_resolver("monitor_mode"):
@@ -247,6 +396,18 @@ def _missing(cfg: DictConfig, key: str) -> bool:
     return node is None or OmegaConf.is_missing(cfg, key)
 
 
+def _validate_adapter(adapter: DictConfig) -> None:
+    """Adapter values that type-check but cannot work (the builders check what needs the model, e.g. adapter.k)."""
+    for key in ("k", "r", "num_virtual_tokens", "reduction_factor"):
+        value = adapter.get(key)
+        _require(value is None or value >= 1, f"adapter.{key}", value, "must be >= 1")
+    if "dropout" in adapter:
+        _require(0 <= adapter.dropout < 1, "adapter.dropout", adapter.dropout, "must be in [0, 1)")
+    if "variant" in adapter:
+        variant = adapter.variant
+        _require(variant in ("houlsby", "pfeiffer"), "adapter.variant", variant, "choose houlsby or pfeiffer")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Reject configs that compose but cannot run, naming the key and what is allowed.
 
@@ -263,11 +424,21 @@ def validate_config(cfg: DictConfig) -> None:
     lr = cfg.optimizer.lr
     _require(lr > 0, "optimizer.lr", lr, "must be > 0")
     _require(cfg.optimizer.weight_decay >= 0, "optimizer.weight_decay", cfg.optimizer.weight_decay, "must be >= 0")
+    layer_decay = cfg.optimizer.get("layer_decay", 1.0)
+    _require(0 < layer_decay <= 1, "optimizer.layer_decay", layer_decay, "must be in (0, 1] (1: no decay)")
+    head_lr = cfg.optimizer.get("head_lr")
+    _require(head_lr is None or head_lr > 0, "optimizer.head_lr", head_lr, "must be > 0 or null")
+    _validate_adapter(cfg.adapter)
     warmup = cfg.scheduler.get("warmup_ratio", 0.0)
     _require(0 <= warmup < 1, "scheduler.warmup_ratio", warmup, "must be in [0, 1)")
 
     max_epochs = cfg.trainer.get("max_epochs")
     _require(max_epochs is None or max_epochs >= 1, "trainer.max_epochs", max_epochs, "must be >= 1")
+    _validate_strategy(cfg.trainer)
+    cv = OmegaConf.select(cfg, "data.cv")
+    if cv is not None and cv.folds is not None:
+        _require(cv.folds >= 2, "data.cv.folds", cv.folds, "must be >= 2 (or null: no cross-validation)")
+        _require(0 <= cv.fold < cv.folds, "data.cv.fold", cv.fold, f"must be in [0, {cv.folds - 1}] (data.cv.folds)")
 
     data = cfg.data
     for key in ("val_size", "test_size"):
@@ -284,6 +455,7 @@ def validate_config(cfg: DictConfig) -> None:
     _require(data.max_rows is None or data.max_rows >= 10, "data.max_rows", data.max_rows, "must be >= 10 or null")
     _require(0 <= cfg.model.dropout < 1, "model.dropout", cfg.model.dropout, "must be in [0, 1)")
     _require(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
+    validate_analysis(cfg.get("analysis"))
 
     sources = [k for k in ("rdataset", "path", "train_path") if data[k]]
     if not sources:
@@ -299,10 +471,88 @@ def validate_config(cfg: DictConfig) -> None:
     )
     if (data.val_path or data.test_path) and not data.train_path:
         raise ConfigError("data.val_path/data.test_path need data.train_path as well")
-    if cfg.model.name_or_path is None and cfg.model.architecture is None:
+    if cfg.model.get("kind", "transformer") == "baseline":
+        _validate_baseline(cfg)
+    elif cfg.model.name_or_path is None and cfg.model.architecture is None:
         raise ConfigError(
             "model.name_or_path must be set (a hub id or a local directory), e.g. model=hf "
             "model.name_or_path=ProsusAI/finbert"
         )
-    if cfg.model.name_or_path is None and cfg.model.tokenizer is None:
+    elif cfg.model.name_or_path is None and cfg.model.tokenizer is None:
         raise ConfigError("model.tokenizer must be set for a model built from `model.architecture`")
+    _validate_privacy(cfg)
+
+
+# Lightning strategies that need a package beside Lightning: checked before the trainer is built, so a missing
+# package stops the run with one line instead of a traceback after the data and the model have loaded.
+STRATEGY_PACKAGES = {"deepspeed": "deepspeed"}
+
+
+def _validate_strategy(trainer: DictConfig) -> None:
+    strategy = trainer.get("strategy")
+    name = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or "")
+    for marker, package in STRATEGY_PACKAGES.items():
+        if marker in name.lower() and importlib.util.find_spec(package) is None:
+            raise ConfigError(
+                f"trainer.strategy={name} needs the '{package}' package, which is not installed: "
+                f"pip install {package} (or choose trainer=ddp / trainer=fsdp)"
+            )
+    num_nodes = trainer.get("num_nodes", 1)
+    _require(num_nodes >= 1, "trainer.num_nodes", num_nodes, "must be >= 1")
+
+
+def _validate_baseline(cfg: DictConfig) -> None:
+    if not cfg.model.get("estimator") or "_target_" not in cfg.model.estimator:
+        raise ConfigError(f"model={cfg.model.name} is a baseline: model.estimator needs a _target_")
+    if cfg.model.tokenizer is None:
+        raise ConfigError("model.tokenizer must be set for a baseline (the shared datamodule tokenizes once)")
+    _require(cfg.privacy.name != "dp_sgd", "privacy.name", cfg.privacy.name, "a baseline has no gradients: not dp_sgd")
+
+
+def _validate_privacy(cfg: DictConfig) -> None:
+    privacy = cfg.privacy
+    if privacy.name == "dp_sgd":
+        if (privacy.noise_multiplier is None) == (privacy.epsilon is None):
+            raise ConfigError(
+                "privacy=dp_sgd needs exactly one of privacy.epsilon (noise solved for it) and "
+                "privacy.noise_multiplier; set the other to null"
+            )
+        _require(privacy.max_grad_norm > 0, "privacy.max_grad_norm", privacy.max_grad_norm, "must be > 0")
+        if privacy.noise_multiplier is not None:
+            _require(privacy.noise_multiplier >= 0, "privacy.noise_multiplier", privacy.noise_multiplier, ">= 0")
+        if privacy.epsilon is not None:
+            _require(privacy.epsilon > 0, "privacy.epsilon", privacy.epsilon, "must be > 0 (inf: no noise)")
+        if privacy.delta is not None:
+            _require(0 < privacy.delta < 1, "privacy.delta", privacy.delta, "must be in (0, 1) or null (1/N)")
+        _require(privacy.accountant in ("rdp", "prv", "gdp"), "privacy.accountant", privacy.accountant, "rdp|prv|gdp")
+        accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
+        _require(accumulate == 1, "trainer.accumulate_grad_batches", accumulate, "must be 1 with privacy=dp_sgd")
+        _require(
+            cfg.task.class_weights is None,
+            "task.class_weights",
+            cfg.task.class_weights,
+            "must be null with privacy=dp_sgd (a weighted mean couples the rows' gradients)",
+        )
+    elif privacy.name == "label_dp":
+        _require(privacy.epsilon > 0, "privacy.epsilon", privacy.epsilon, "must be > 0 (inf: labels untouched)")
+        _require(privacy.prior in (None, "first_stage"), "privacy.prior", privacy.prior, "null or first_stage")
+        fraction = privacy.first_stage_fraction
+        _require(0 < fraction < 1, "privacy.first_stage_fraction", fraction, "must be in (0, 1)")
+    if OmegaConf.select(privacy, "mask_pii", default=False) and privacy.pii.types is not None:
+        from finexp.privacy.pii import PII_TYPES
+
+        for kind in privacy.pii.types:
+            _require(kind in PII_TYPES, "privacy.pii.types", kind, f"choose from {', '.join(PII_TYPES)}")
+
+
+def validate_analysis(analysis: DictConfig | None) -> None:
+    """Value checks of the ``analysis`` group (also run by finexp-eval and finexp-explain)."""
+    if analysis is None:
+        return
+    rate, where = analysis.approval_rate, ("approval_rate", "val_f1_max", "default")
+    _require(analysis.ece_bins >= 2, "analysis.ece_bins", analysis.ece_bins, "must be >= 2")
+    _require(0 < rate < 1, "analysis.approval_rate", rate, "must be a fraction in (0, 1)")
+    _require(analysis.explain_examples >= 1, "analysis.explain_examples", analysis.explain_examples, "must be >= 1")
+    _require(analysis.ig_steps >= 2, "analysis.ig_steps", analysis.ig_steps, "must be >= 2")
+    _require(analysis.top_words >= 1, "analysis.top_words", analysis.top_words, "must be >= 1")
+    _require(analysis.fairness_at in where, "analysis.fairness_at", analysis.fairness_at, f"one of {', '.join(where)}")

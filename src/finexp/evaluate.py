@@ -12,20 +12,25 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
 import pandas as pd
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from sklearn.metrics import classification_report, confusion_matrix
 
 from finexp import FinexpError, build
-from finexp.config import config_dir, validate_config
-from finexp.data.datamodule import DataSource
+from finexp.adapters.checkpoint import load_checkpoint_state
+from finexp.analysis import AnalysisOptions, Predictions, analyze
+from finexp.analysis.metrics import classification_summary
+from finexp.config import config_dir, validate_analysis, validate_config
+from finexp.data.datamodule import ClassificationDataModule, DataSource
 from finexp.records import write_json
 from finexp.tasks.classification import SequenceClassificationModule
 
@@ -49,9 +54,22 @@ def load_checkpoint(ckpt: Path) -> dict[str, Any]:
         raise FinexpError(f"{ckpt}: not a loadable finexp checkpoint ({type(err).__name__}: {err})") from err
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Rebuild the model of a run, load the checkpoint's weights and test it. Returns the metrics."""
-    ckpt = Path(cfg.ckpt_path).expanduser().resolve()
+@dataclass
+class LoadedRun:
+    """A trained run rebuilt from its checkpoint: its config, records, data and weights."""
+
+    ckpt: Path
+    run_cfg: DictConfig
+    info: dict[str, Any]
+    labels: list[str]
+    datamodule: ClassificationDataModule
+    module: SequenceClassificationModule
+
+
+def load_run(ckpt_path: str, data_path: str | None = None, batch_size: int | None = None) -> LoadedRun:
+    """Rebuild the model of a run from the ``config.yaml`` beside ``ckpt_path`` and load the checkpoint's weights;
+    the data is the run's own splits, or ``data_path`` as the test split."""
+    ckpt = Path(ckpt_path).expanduser().resolve()
     checkpoint = load_checkpoint(ckpt)
     run_dir = find_run_dir(ckpt)
     run_cfg = OmegaConf.load(run_dir / "config.yaml")
@@ -63,17 +81,26 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise FinexpError(f"{ckpt}: holds no label names and {info_path} is missing")
     if info.get("serialized_columns"):  # serialize new files with exactly the training columns, in order
         run_cfg.task.feature_columns = info["serialized_columns"]
-    if cfg.batch_size:
-        run_cfg.data.eval_batch_size = cfg.batch_size
+    if batch_size:
+        run_cfg.data.eval_batch_size = batch_size
 
     tokenizer = build.tokenizer_from(run_cfg)
-    source = DataSource(test_path=cfg.data_path) if cfg.data_path else None
+    source = DataSource(test_path=data_path) if data_path else None
     datamodule = build.datamodule_from(run_cfg, tokenizer, source=source, label_names=labels)
     datamodule.prepare()
     model = build.model_from(run_cfg, len(labels), tokenizer)
-    module = SequenceClassificationModule(model, labels)
-    module.load_state_dict(checkpoint["state_dict"])
+    weight = checkpoint.get("state_dict", {}).get("loss_fn.weight")  # task.class_weights: part of the state
+    module = SequenceClassificationModule(model, labels, class_weights=None if weight is None else weight.tolist())
+    load_checkpoint_state(module, checkpoint)  # parameter-efficient checkpoints hold only what trained
+    return LoadedRun(ckpt, run_cfg, info, labels, datamodule, module)
 
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Rebuild the model of a run, load the checkpoint's weights and test it. Returns the metrics."""
+    validate_analysis(cfg.get("analysis"))
+    run = load_run(cfg.ckpt_path, cfg.data_path, cfg.batch_size)
+    ckpt, run_cfg, info, labels = run.ckpt, run.run_cfg, run.info, run.labels
+    datamodule, module = run.datamodule, run.module
     trainer = instantiate(cfg.trainer, _convert_="all")
     metrics: dict[str, Any] = {}
     for result in trainer.test(module, dataloaders=datamodule.test_dataloader(), verbose=False):
@@ -85,22 +112,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     predicted = probs.argmax(-1)
 
     out = Path(cfg.paths.output_dir)
-    report = classification_report(
-        truth,
-        predicted,
-        labels=list(range(len(labels))),
-        target_names=labels,
-        output_dict=True,
-        zero_division=0,
-    )
-    write_json(
-        out / "per_class_report.json",
-        {
-            **report,
-            "confusion_matrix": confusion_matrix(truth, predicted, labels=list(range(len(labels)))).tolist(),
-        },
-    )
-    pd.DataFrame(report).T.to_csv(out / "per_class_report.csv")
+    summary = classification_summary(probs.numpy(), truth.numpy(), labels)
+    report = {**summary["per_class"], **{k: summary[k] for k in ("accuracy", "macro avg", "weighted avg")}}
+    write_json(out / "per_class_report.json", {**report, "confusion_matrix": summary["confusion_matrix"]})
+    pd.DataFrame({k: v for k, v in report.items() if isinstance(v, dict)}).T.to_csv(out / "per_class_report.csv")
     frame = pd.DataFrame(
         {
             "text": datamodule.texts["test"],
@@ -122,6 +137,23 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "rows": len(truth),
         **{k: float(v) for k, v in sorted(metrics.items())},
     }
+    if cfg.analysis.enabled:
+        options = AnalysisOptions(**OmegaConf.to_container(cfg.analysis, resolve=True))
+        command = None
+        if HydraConfig.initialized():
+            command = " ".join(["finexp-eval", *(shlex.quote(o) for o in HydraConfig.get().overrides.task)])
+        metrics |= analyze(
+            out,
+            module,
+            datamodule,
+            options,
+            "test",
+            config=OmegaConf.to_container(run_cfg, resolve=True),
+            metrics=metrics,
+            command=command,
+            title=f"finexp evaluation report: {ckpt.parent.parent.name}",
+            evaluated=Predictions(probs.numpy(), truth.numpy()),
+        )
     write_json(out / "metrics.json", metrics)
     print(
         "\n".join(

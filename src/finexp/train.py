@@ -9,6 +9,8 @@ finexp-train --help                            # every group and option
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -17,14 +19,21 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities import rank_zero_only
 
 from finexp import FinexpError, build
 from finexp.adapters import count_parameters
+from finexp.analysis import AnalysisOptions, analyze
+from finexp.baselines import run_baseline
+from finexp.callbacks import RunCosts
 from finexp.config import config_dir, validate_config
 from finexp.records import run_info, write_json
+from finexp.resume import clear_outcome, failure_record, plan_rerun, tracking_run_id
 
 log = logging.getLogger("finexp")
 
@@ -52,26 +61,100 @@ def _wandb_hint(trainer: pl.Trainer) -> str | None:
     return None
 
 
+def _run_costs(trainer: pl.Trainer) -> dict[str, float]:
+    """What :class:`~finexp.callbacks.RunCosts` measured (time, throughput, memory, checkpoint size), if it ran."""
+    return next((dict(cb.records) for cb in trainer.callbacks if isinstance(cb, RunCosts)), {})
+
+
+def _command() -> str | None:
+    """The command line that reproduces this run (None when the config was composed in Python)."""
+    if not HydraConfig.initialized():
+        return None
+    return " ".join(["finexp-train", *(shlex.quote(o) for o in HydraConfig.get().overrides.task)])
+
+
+def _trust_report(
+    cfg: DictConfig, module: pl.LightningModule, datamodule: Any, trainer: pl.Trainer, metrics: dict, resolved: Any
+) -> dict[str, float]:
+    """Report of the best checkpoint (loaded into ``module`` by validate/test) on test, or val with ``test=false``."""
+    options = AnalysisOptions(**OmegaConf.to_container(cfg.analysis, resolve=True))
+    return analyze(
+        cfg.paths.output_dir,
+        module,
+        datamodule,
+        options,
+        split="test" if cfg.test else "val",
+        config={**resolved, "choices": _hydra_choices()},
+        metrics=metrics,
+        command=_command(),
+        loggers=trainer.loggers,
+        title=f"finexp run report: {cfg.run_name}",
+    )
+
+
+def _train_baseline(cfg: DictConfig, datamodule: Any, monitor: str, output_dir: Path) -> dict[str, Any]:
+    """Fit a classic baseline on the train split and write the same records a fine-tuning run writes."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    extra = {
+        "choices": _hydra_choices(),
+        "labels": datamodule.label_names,
+        "monitor": monitor,
+        "serialized_columns": datamodule.serialized_columns,
+        "rows": {name: len(ds) for name, ds in datamodule.datasets.items()},
+    }
+    write_json(output_dir / "run_info.json", run_info(cfg.seed, datamodule.fingerprints, extra))
+    estimator = instantiate(cfg.model.estimator, _convert_="all")
+    results = run_baseline(estimator, datamodule, output_dir, cfg.task.class_weights, test=cfg.test)
+    checkpoint = str(output_dir / "model.joblib")
+    metrics = {"status": "completed", "monitor": monitor, "best_checkpoint": checkpoint, "epochs": 1, **results}
+    for logger in build.loggers_from(cfg):
+        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "choices": _hydra_choices()})
+        logger.log_metrics({k: v for k, v in results.items() if isinstance(v, float | int)}, step=0)
+        logger.finalize("success")
+    write_json(output_dir / "metrics.json", metrics)
+    _print_summary(metrics, output_dir, None)
+    return metrics
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment: fit, pick the best checkpoint, validate and test it, write the run records.
+
+    A run into a directory that already holds this config's run (a rerun of a sweep) returns its ``metrics.json``
+    if it completed and continues from its ``last.ckpt`` otherwise (``resume=false``: start afresh); ``ckpt_path``
+    always continues from the checkpoint given (``last``: the run directory's own).
 
     Returns:
         The final metrics (also written to ``<output_dir>/metrics.json``).
     """
     validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
+    _tracking(cfg, output_dir)
+    plan = plan_rerun(output_dir, OmegaConf.to_container(cfg, resolve=True), cfg.ckpt_path, cfg.resume)
+    if plan.action == "skip":  # a rerun of a sweep: this job already finished
+        log.info("skipping the run: %s", plan.reason)
+        return plan.metrics
+    if plan.action == "resume":
+        log.info("resuming from %s (%s)", plan.ckpt_path, plan.reason)
+    elif plan.reason:
+        log.info("starting afresh: %s", plan.reason)
+    if rank_zero_only.rank == 0:
+        clear_outcome(output_dir)
     pl.seed_everything(cfg.seed, workers=True)
 
     tokenizer = build.tokenizer_from(cfg)
-    datamodule = build.datamodule_from(cfg, tokenizer)
+    privacy = build.privacy_from(cfg)
+    datamodule = build.datamodule_from(cfg, tokenizer, privacy=privacy)
     datamodule.prepare()
     monitor = build.resolve_monitor(cfg, datamodule.num_labels)
+    if cfg.model.kind == "baseline":  # a classic model (model=tfidf_logreg, gbm): same splits, metrics, records
+        return _train_baseline(cfg, datamodule, monitor, output_dir)
     model = build.model_from(cfg, datamodule.num_labels, tokenizer)
     module = build.module_from(cfg, model, datamodule)
     params = count_parameters(model)
 
     loggers = build.loggers_from(cfg)
-    trainer = build.trainer_from(cfg, build.callbacks_from(cfg), loggers)
+    trainer = build.trainer_from(cfg, build.callbacks_from(cfg) + privacy.callbacks(), loggers)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -85,6 +168,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "monitor": monitor,
                 "serialized_columns": datamodule.serialized_columns,
                 "rows": {name: len(ds) for name, ds in datamodule.datasets.items()},
+                "privacy": privacy.report(),  # labels randomized and PII masked (DP-SGD's ε: metrics.json)
             },
         )
         write_json(output_dir / "run_info.json", info)
@@ -99,7 +183,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
 
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path)
     fit_seconds = time.perf_counter() - started
     train_metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
 
@@ -118,8 +202,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "time/fit_s": fit_seconds,
         **{k: float(v) for k, v in train_metrics.items()},
         **params,
+        **_run_costs(trainer),
+        **privacy.report(),
         **{k: float(v) for k, v in sorted(metrics.items())},
     }
+    if trainer.is_global_zero and cfg.analysis.enabled:
+        metrics |= _trust_report(cfg, module, datamodule, trainer, metrics, resolved)
     if trainer.is_global_zero:
         write_json(output_dir / "metrics.json", metrics)
         _print_summary(metrics, output_dir, _wandb_hint(trainer))
@@ -136,14 +224,70 @@ def _print_summary(metrics: dict[str, Any], output_dir: Path, wandb_hint: str | 
     print("\n".join(lines), flush=True)
 
 
+def _tracking(cfg: DictConfig, output_dir: Path) -> None:
+    """W&B bookkeeping: one run id per run directory (a resumed run continues its W&B run), the runs of a multirun
+    in one group, and tags naming the run's task, model, adapter and privacy."""
+    wandb = OmegaConf.select(cfg, "logger.wandb")
+    if not wandb:
+        return
+    choices = _hydra_choices()
+    adapter = choices.get("adapter") or str(cfg.adapter.get("_target_", "")).rsplit(".", 1)[-1]
+    auto_tags = [f"task:{cfg.task.name}", f"model:{cfg.model.name}", f"adapter:{adapter}"]
+    auto_tags.append(f"privacy:{cfg.privacy.name}")
+    with open_dict(cfg):
+        # Under a W&B sweep agent the run id comes from the agent (WANDB_RUN_ID); otherwise from the run directory.
+        wandb.id = os.environ.get("WANDB_RUN_ID") or (tracking_run_id(output_dir) if rank_zero_only.rank == 0 else None)
+        wandb.resume = "allow"
+        if wandb.get("group") is None:
+            wandb.group = _sweep_group(cfg.task.name)
+        wandb.tags = [*(wandb.get("tags") or []), *(t for t in auto_tags if t not in (wandb.get("tags") or []))]
+
+
+def _sweep_group(task: str) -> str:
+    """The W&B group: ``<task>`` for a single run, ``<task>/<sweep dir>`` shared by the jobs of one multirun."""
+    if _is_multirun():
+        sweep_dir = Path(HydraConfig.get().sweep.dir)
+        return f"{task}/{sweep_dir.parent.name}-{sweep_dir.name}"
+    return task
+
+
+def _write_error(cfg: DictConfig, err: BaseException) -> None:
+    """The team contract for a failed run: ``error.json`` in its directory, and no ``metrics.json``."""
+    try:
+        write_json(Path(cfg.paths.output_dir) / "error.json", failure_record(err))
+    except Exception:  # reporting the failure must never hide it
+        log.exception("could not write error.json")
+
+
+def _finish_tracking(exit_code: int) -> None:
+    """Close the W&B run: flushes the offline files for `wandb sync`, and the next job of a multirun (same process)
+    starts its own run instead of logging into this one."""
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+def _is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
-    except FinexpError as err:
-        log.error("%s", err)
-        print(f"finexp-train: error: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    except Exception as err:
+        _finish_tracking(exit_code=1)
+        _write_error(cfg, err)
+        if _is_multirun():  # one failed job must not end the sweep: record it, let the launcher go on
+            log.error("job failed (recorded in %s/error.json): %s: %s", cfg.paths.output_dir, type(err).__name__, err)
+            return None  # a sweeper counts it as a failed trial (hparams_search: max_failure_rate)
+        if isinstance(err, FinexpError):
+            log.error("%s", err)
+            print(f"finexp-train: error: {err}", file=sys.stderr, flush=True)
+            sys.exit(2)
+        raise
+    _finish_tracking(exit_code=0)
     value = metrics.get(metrics["monitor"])
     return float(value) if value is not None else None  # what a sweeper (e.g. Optuna) optimizes
 

@@ -107,7 +107,7 @@ class PadCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        longest = max(len(r["input_ids"]) for r in rows)
+        longest = max((len(r["input_ids"]) for r in rows), default=1)  # Poisson-sampled batches may be empty
         input_ids = torch.full((len(rows), longest), self.pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
         for i, row in enumerate(rows):

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader, SequentialSampler
+from torch.utils.data import DataLoader, Sampler, SequentialSampler
 
 from finexp.data.batching import LengthGroupedSampler, PadCollator, TokenizedDataset, tokenize_cached
+from finexp.data.folds import cross_validation_fold
 from finexp.data.serialize import RowSerializer
 from finexp.data.sources import DataError, read_rdataset, read_table, require_columns
 from finexp.data.splits import Splits, fingerprint, stratified_split, stratified_subsample, time_ordered_split
@@ -48,6 +49,8 @@ class SplitPolicy:
     max_rows: int | None = None
     time_column: str | None = None  # time-ordered split instead of a stratified one
     test_from: object = None
+    cv_folds: int | None = None  # K-fold cross-validation of train+val (finexp.data.folds); the test split stays
+    cv_fold: int = 0
 
 
 class ClassificationDataModule(pl.LightningDataModule):
@@ -68,6 +71,11 @@ class ClassificationDataModule(pl.LightningDataModule):
         cache_dir: where tokenized splits are cached (None: no cache).
         seed: seed of the training order.
         label_names: a fixed label order (a trained model's); a source with only ``test_path`` needs it.
+        preprocess: privacy hook applied to every split's rows before serialization and tokenization (PII masking).
+        train_label_transform: privacy hook ``(label ids, texts, num_labels) -> label ids`` applied to the train
+            split only (label DP); validation and test labels stay as read.
+        train_batch_sampler: privacy hook ``(rows, batch_size, seed) -> batch sampler`` replacing the training
+            order (DP-SGD's Poisson sampling); batches may then be empty.
     """
 
     def __init__(
@@ -85,6 +93,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         cache_dir: str | Path | None = None,
         seed: int = 0,
         label_names: Sequence[str] | None = None,
+        preprocess: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+        train_label_transform: Callable[[list[int], list[str], int], list[int]] | None = None,
+        train_batch_sampler: Callable[[int, int, int], Sampler[list[int]]] | None = None,
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
@@ -99,6 +110,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.cache_dir = cache_dir
         self.seed = seed
+        self.preprocess = preprocess
+        self.train_label_transform = train_label_transform
+        self.train_batch_sampler = train_batch_sampler
         self.splits: Splits | None = None
         self.texts: dict[str, list[str]] = {}
         self.datasets: dict[str, TokenizedDataset] = {}
@@ -150,8 +164,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         if src.train_path is None:
             frame, _ = self._read(src.path)
             if policy.time_column is not None:
-                return Splits(*time_ordered_split(frame, policy.time_column, policy.val_size, policy.test_size,
-                                                  policy.test_from))
+                return Splits(
+                    *time_ordered_split(frame, policy.time_column, policy.val_size, policy.test_size, policy.test_from)
+                )
             rest, test = stratified_split(frame, label, policy.test_size, policy.seed, "test")
             val_fraction = policy.val_size / (1 - policy.test_size)
             train, val = stratified_split(rest, label, val_fraction, policy.seed, "val")
@@ -172,8 +187,10 @@ class ClassificationDataModule(pl.LightningDataModule):
         if cols.features is not None:
             features = list(cols.features)
             if cols.sensitive in features:
-                raise DataError(f"task.sensitive_column={cols.sensitive!r} is also in task.feature_columns; "
-                                "a protected attribute is kept out of the model's input")
+                raise DataError(
+                    f"task.sensitive_column={cols.sensitive!r} is also in task.feature_columns; "
+                    "a protected attribute is kept out of the model's input"
+                )
         else:
             dropped = {cols.label, *cols.exclude, cols.sensitive}
             ordered = [c for c in cols.phrases if c in frame.columns]  # phrase order first, then the rest
@@ -205,6 +222,11 @@ class ClassificationDataModule(pl.LightningDataModule):
         if self.splits is not None:
             return
         splits = self._make_splits()
+        if self.split.cv_folds and not splits.train.empty:  # (evaluation of a given file has no train rows)
+            policy = self.split
+            splits = cross_validation_fold(
+                splits, self.columns.label, policy.cv_folds, policy.cv_fold, policy.seed, policy.time_column
+            )
         label = self.columns.label
         for name, frame in splits.items():
             if frame.empty and not (self.label_names and name != "test"):
@@ -219,6 +241,8 @@ class ClassificationDataModule(pl.LightningDataModule):
                     f"the {name} split has label(s) never seen in training: {', '.join(map(repr, unseen))}; "
                     f"known labels: {', '.join(self.label_names)}"
                 )
+        if self.preprocess is not None:
+            splits = Splits(*(self.preprocess(frame) for _, frame in splits.items()))
         serialize = None if self.columns.text is not None else self._serializer(splits.train)
         self.serialized_columns = serialize.columns if serialize is not None else []
         for name, frame in splits.items():
@@ -226,6 +250,8 @@ class ClassificationDataModule(pl.LightningDataModule):
             labels = frame[label].map(index).tolist()
             self.texts[name] = texts
             self.fingerprints[name] = fingerprint(texts, labels)
+            if name == "train" and self.train_label_transform is not None:
+                labels = self.train_label_transform(labels, texts, len(self.label_names))
             ids = tokenize_cached(self.tokenizer, texts, self.max_length, self.cache_dir)
             self.datasets[name] = TokenizedDataset(ids, labels)
         self.splits = splits
@@ -243,6 +269,14 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def _loader(self, name: str, batch_size: int, train: bool) -> DataLoader:
         dataset = self.datasets[name]
+        if train and self.train_batch_sampler is not None:
+            return DataLoader(
+                dataset,
+                batch_sampler=self.train_batch_sampler(len(dataset), batch_size, self.seed),
+                collate_fn=PadCollator(self.tokenizer.pad_token_id),
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+            )
         if train and self.group_by_length:
             sampler = LengthGroupedSampler(dataset.lengths, batch_size, seed=self.seed)
         elif train:

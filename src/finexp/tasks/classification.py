@@ -58,7 +58,9 @@ class SequenceClassificationModule(pl.LightningModule):
         logits = self(batch["input_ids"], batch["attention_mask"])
         return self.loss_fn(logits, batch["labels"]), logits
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        if batch["labels"].numel() == 0:  # an empty Poisson-sampled batch (DP-SGD): no loss; the noisy step still runs
+            return None
         loss, logits = self._step(batch)
         mask = batch["attention_mask"]
         self._tokens += torch.stack([mask.sum(), torch.tensor(mask.numel(), device=mask.device)])
@@ -82,7 +84,9 @@ class SequenceClassificationModule(pl.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(logits))
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=False)
+        # compute() already syncs the metric states across DDP ranks; sync_dist only averages equal values (and
+        # tells Lightning they are global)
+        self.log_dict(self.val_metrics.compute(), prog_bar=False, sync_dist=True)
         self.val_metrics.reset()
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -91,7 +95,7 @@ class SequenceClassificationModule(pl.LightningModule):
         self.log("test/loss", loss, sync_dist=True, batch_size=len(logits))
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
+        self.log_dict(self.test_metrics.compute(), sync_dist=True)
         self.test_metrics.reset()
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
