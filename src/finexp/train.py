@@ -102,6 +102,7 @@ def _train_baseline(cfg: DictConfig, datamodule: Any, monitor: str, output_dir: 
         "monitor": monitor,
         "serialized_columns": datamodule.serialized_columns,
         "rows": {name: len(ds) for name, ds in datamodule.datasets.items()},
+        "sampling": getattr(datamodule, "sampling_record", None),  # data.k_shot / train_fraction / train_size
     }
     write_json(output_dir / "run_info.json", run_info(cfg.seed, datamodule.fingerprints, extra))
     estimator = instantiate(cfg.model.estimator, _convert_="all")
@@ -122,11 +123,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     A run into a directory that already holds this config's run (a rerun of a sweep) returns its ``metrics.json``
     if it completed and continues from its ``last.ckpt`` otherwise (``resume=false``: start afresh); ``ckpt_path``
-    always continues from the checkpoint given (``last``: the run directory's own).
+    always continues from the checkpoint given (``last``: the run directory's own). The run's W&B run is closed
+    when it returns or raises, so the next run in the same process (a multirun job, a test) starts its own.
 
     Returns:
         The final metrics (also written to ``<output_dir>/metrics.json``).
     """
+    try:
+        metrics = _run(cfg)
+    except BaseException:
+        _finish_tracking(exit_code=1)
+        raise
+    _finish_tracking(exit_code=0)
+    return metrics
+
+
+def _run(cfg: DictConfig) -> dict[str, Any]:
     validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     _tracking(cfg, output_dir)
@@ -150,6 +162,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.model.kind == "baseline":  # a classic model (model=tfidf_logreg, gbm): same splits, metrics, records
         return _train_baseline(cfg, datamodule, monitor, output_dir)
     model = build.model_from(cfg, datamodule.num_labels, tokenizer)
+    method, method_records = build.method_from(cfg), {}
+    if method is not None:  # method=setfit: stage 1 (contrastive pairs) now; the loop below is stage 2 (the head)
+        method_records = method.prepare(
+            model,
+            datamodule.datasets["train"],
+            tokenizer.pad_token_id,
+            cfg.seed,
+            build.stage_trainer_kwargs(cfg),
+            weight_decay=cfg.optimizer.weight_decay,
+            resume=plan.ckpt_path is not None,
+        )
     module = build.module_from(cfg, model, datamodule)
     params = count_parameters(model)
 
@@ -166,8 +189,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 "choices": _hydra_choices(),
                 "labels": datamodule.label_names,
                 "monitor": monitor,
-                "serialized_columns": datamodule.serialized_columns,
+                "serialized_columns": getattr(datamodule, "serialized_columns", None),
+                "serialized_column_kinds": getattr(datamodule, "serialized_column_kinds", None),  # finexp-predict
                 "rows": {name: len(ds) for name, ds in datamodule.datasets.items()},
+                "sampling": getattr(datamodule, "sampling_record", None),  # data.k_shot / train_fraction / train_size
                 "privacy": privacy.report(),  # labels randomized and PII masked (DP-SGD's ε: metrics.json)
             },
         )
@@ -204,9 +229,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         **params,
         **_run_costs(trainer),
         **privacy.report(),
+        **method_records,
         **{k: float(v) for k, v in sorted(metrics.items())},
     }
-    if trainer.is_global_zero and cfg.analysis.enabled:
+    if trainer.is_global_zero and cfg.analysis.enabled and build.problem_of(cfg).trust_report:
         metrics |= _trust_report(cfg, module, datamodule, trainer, metrics, resolved)
     if trainer.is_global_zero:
         write_json(output_dir / "metrics.json", metrics)
@@ -262,9 +288,8 @@ def _write_error(cfg: DictConfig, err: BaseException) -> None:
 def _finish_tracking(exit_code: int) -> None:
     """Close the W&B run: flushes the offline files for `wandb sync`, and the next job of a multirun (same process)
     starts its own run instead of logging into this one."""
-    import wandb
-
-    if wandb.run is not None:
+    wandb = sys.modules.get("wandb")  # not imported: no W&B run to close
+    if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish(exit_code=exit_code)
 
 
@@ -277,7 +302,6 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except Exception as err:
-        _finish_tracking(exit_code=1)
         _write_error(cfg, err)
         if _is_multirun():  # one failed job must not end the sweep: record it, let the launcher go on
             log.error("job failed (recorded in %s/error.json): %s: %s", cfg.paths.output_dir, type(err).__name__, err)
@@ -287,7 +311,6 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             print(f"finexp-train: error: {err}", file=sys.stderr, flush=True)
             sys.exit(2)
         raise
-    _finish_tracking(exit_code=0)
     value = metrics.get(metrics["monitor"])
     return float(value) if value is not None else None  # what a sweeper (e.g. Optuna) optimizes
 
