@@ -29,6 +29,8 @@ def test_ddp_on_two_cpu_processes_writes_one_run_and_synced_metrics(make_cfg, se
     written = json.loads((run / "metrics.json").read_text())
     assert written["status"] == "completed"
     assert written["val/auroc"] == metrics["val/auroc"] and 0 <= written["val/accuracy"] <= 1
+    # what the spawned ranks measured comes back to the main process's record
+    assert written["epochs"] == 1 and written["throughput/train_samples_per_s"] > 0 and written["memory/peak_mb"] > 0
     # logged once (rank 0), by processes that each wrote the same CSV in turn (fit, then validate)
     csv = pd.read_csv(run / "csv" / "metrics.csv")
     assert csv["val/auroc"].notna().sum() == 2  # the epoch's validation + the final validation of the best model

@@ -51,7 +51,8 @@ class RunCosts(pl.Callback):
     ``throughput/train_tokens_per_s`` (real tokens, padding excluded; ``..._padded_tokens_per_s`` counts padding)
     over the time spent in training steps, ``memory/peak_mb`` (max allocated on a GPU, else the peak resident set
     size of the process while fitting, sampled every ``memory_interval_s``), ``memory/start_mb`` (resident set size
-    when fitting starts) and ``checkpoint/size_mb`` (the best checkpoint, or the last one).
+    when fitting starts), ``checkpoint/size_mb`` (the best checkpoint, or the last one) and ``time/epochs`` (training
+    epochs run in this fit).
 
     RSS is the whole process's: jobs of one Hydra multirun share a process, so compare CPU memory across runs
     started as separate processes.
@@ -121,8 +122,12 @@ class RunCosts(pl.Callback):
         checkpoint = _checkpoint_file(trainer)
         if checkpoint is not None:
             self.records["checkpoint/size_mb"] = checkpoint.stat().st_size / 2**20
+        self.records["time/epochs"] = float(len(self._epoch_times))
         for logger in trainer.loggers:
             logger.log_metrics(self.records, step=trainer.global_step)
+        # Spawned DDP ranks (trainer=ddp_cpu) hand only callback_metrics back to the main process: carry the records
+        # there too, so the main process's metrics.json has them (see run_costs).
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in self.records.items()})
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self._sampler is not None:
@@ -138,3 +143,15 @@ def _checkpoint_file(trainer: pl.Trainer) -> Path | None:
         if path and Path(path).is_file():
             return Path(path)
     return None
+
+
+COST_PREFIXES = ("time/", "throughput/", "memory/", "checkpoint/")
+
+
+def run_costs(trainer: pl.Trainer) -> dict[str, float]:
+    """What :class:`RunCosts` measured in the last fit; from ``callback_metrics`` when the fit ran in spawned
+    processes (the main process's own callback never saw a batch)."""
+    records = next((dict(cb.records) for cb in trainer.callbacks if isinstance(cb, RunCosts)), {})
+    if not records:
+        records = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(COST_PREFIXES)}
+    return records
