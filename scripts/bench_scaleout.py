@@ -48,29 +48,37 @@ def _run(args: list[str]) -> float:
     return wall
 
 
-def bench_ddp(repeats: int) -> None:
+def bench_ddp(repeats: int, seeds: list[int]) -> None:
+    """Each seed trains once per setup (interleaved); "within noise" = the setups' mean gap vs the seed spread."""
     setups = {
         "1 process x 32": ["trainer=cpu", "data.batch_size=32"],
         "2 processes x 16 (ddp_cpu)": ["trainer=ddp_cpu", "data.batch_size=16"],
     }
     results: dict[str, list[dict]] = {name: [] for name in setups}
     for r in range(repeats):
-        for i, (name, extra) in enumerate(setups.items()):
-            run_dir = OUT / f"ddp-{r}-{i}"
-            shutil.rmtree(run_dir, ignore_errors=True)
-            _run([*COMMON, *extra, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}"])
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-            rows = json.loads((run_dir / "run_info.json").read_text())["rows"]["train"]
-            metrics["rows_per_s"] = rows * 2 / metrics["time/fit_s"]
-            results[name].append(metrics)
+        for seed in seeds:
+            for i, (name, extra) in enumerate(setups.items()):
+                run_dir = OUT / f"ddp-{r}-{seed}-{i}"
+                shutil.rmtree(run_dir, ignore_errors=True)
+                _run([*COMMON, *extra, "trainer.max_epochs=2", f"seed={seed}", f"hydra.run.dir={run_dir}"])
+                metrics = json.loads((run_dir / "metrics.json").read_text())
+                rows = json.loads((run_dir / "run_info.json").read_text())["rows"]["train"]
+                metrics["rows_per_s"] = rows * 2 / metrics["time/fit_s"]
+                results[name].append(metrics)
+                print(f"ddp  {name:<28} seed {seed}  test/auroc {metrics['test/auroc']:.4f}", flush=True)
     for name, runs in results.items():
         med = {k: statistics.median(m[k] for m in runs) for k in ("val/auroc", "test/auroc", "rows_per_s")}
+        spread = statistics.stdev(m["test/auroc"] for m in runs) if len(runs) > 1 else float("nan")
+        mean = statistics.mean(m["test/auroc"] for m in runs)
         print(
-            f"ddp  {name:<28} val/auroc {med['val/auroc']:.4f}  test/auroc {med['test/auroc']:.4f}  "
-            f"train rows/s {med['rows_per_s']:.1f}  (median of {len(runs)})"
+            f"ddp  {name:<28} test/auroc mean {mean:.4f} ± {spread:.4f} (sd over {len(runs)} runs)  "
+            f"median val/auroc {med['val/auroc']:.4f}  train rows/s {med['rows_per_s']:.1f}"
         )
-    one, two = (statistics.median(m["rows_per_s"] for m in runs) for runs in results.values())
-    print(f"ddp  throughput ratio 2 processes / 1 process: {two / one:.2f}")
+    one, two = results.values()
+    gap = statistics.mean(m["test/auroc"] for m in two) - statistics.mean(m["test/auroc"] for m in one)
+    print(f"ddp  test/auroc gap (2 processes - 1 process): {gap:+.4f}")
+    rate_one, rate_two = (statistics.median(m["rows_per_s"] for m in runs) for runs in (one, two))
+    print(f"ddp  throughput ratio 2 processes / 1 process: {rate_two / rate_one:.2f}")
 
 
 def bench_sweep(repeats: int) -> None:
@@ -103,12 +111,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=("ddp", "sweep"))
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="DDP: one run per seed and setup")
     args = parser.parse_args()
     print(f"cpu cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}")
     if args.only in (None, "sweep"):
         bench_sweep(args.repeats)
     if args.only in (None, "ddp"):
-        bench_ddp(args.repeats)
+        bench_ddp(args.repeats, args.seeds)
 
 
 if __name__ == "__main__":
