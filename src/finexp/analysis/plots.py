@@ -126,3 +126,40 @@ def group_rates_png(by_group: Mapping[str, Mapping[str, float]], path: Path) -> 
     ax.set_title("fairness by group (test)")
     ax.legend(fontsize="small", loc="upper center", ncol=len(metrics))
     return _save(fig, path)
+
+
+def residuals_png(y_true: np.ndarray, y_pred: np.ndarray, target: str, path: Path) -> Path:
+    """Residual (prediction - target) against the prediction, and predicted against true with the identity line."""
+    y_true, y_pred = np.asarray(y_true, dtype=float), np.asarray(y_pred, dtype=float)
+    fig = Figure(figsize=(9, 4))
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    alpha = 0.5 if y_true.size < 2000 else 0.2
+    left.scatter(y_pred, y_pred - y_true, s=8, alpha=alpha)
+    left.axhline(0, color="grey", linestyle="--")
+    left.set_xlabel(f"predicted {target}")
+    left.set_ylabel("residual (predicted - true)")
+    left.set_title("residuals")
+    right.scatter(y_true, y_pred, s=8, alpha=alpha)
+    low, high = float(min(y_true.min(), y_pred.min())), float(max(y_true.max(), y_pred.max()))
+    right.plot([low, high], [low, high], "--", color="grey", label="perfect")
+    right.set_xlabel(f"true {target}")
+    right.set_ylabel(f"predicted {target}")
+    right.set_title("predicted vs true")
+    right.legend(loc="upper left")
+    return _save(fig, path)
+
+
+def decile_png(rows: Sequence[Mapping[str, float]], path: Path) -> Path:
+    """MAE bars and the bias line per decile of the true target (rows of ``error_by_decile``)."""
+    fig, ax = _figure((6, 3.5))
+    x = [r["decile"] for r in rows]
+    ax.bar(x, [r["mae"] for r in rows], color="#4c72b0", label="MAE")
+    ax.plot(x, [r["bias"] for r in rows], "o-", color="#dd8452", label="bias (pred - true)")
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set_xticks(x)
+    ax.set_xlabel("decile of the true target (1 = lowest)")
+    ax.set_ylabel("error")
+    ax.set_title("error by target decile")
+    ax.legend()
+    return _save(fig, path)

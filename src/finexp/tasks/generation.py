@@ -1,0 +1,220 @@
+"""Answer generation with a decoder as a LightningModule: response-only loss, perplexity, exact match, ROUGE-L.
+
+Metrics: ``{stage}/loss`` (mean negative log-likelihood per response token, the end token included) and
+``{stage}/perplexity`` (its exponential) on val and test; at test time every test prompt is answered and scored
+against its reference: ``test/exact_match`` and ``test/rouge_l`` (LCS-based F1). Each validation epoch also answers
+``num_examples`` validation prompts and writes them to ``generations.txt`` (and W&B / TensorBoard as text).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+from torch import nn
+from torchmetrics import MeanMetric, SumMetric
+
+from finexp.data.ner import IGNORE
+from finexp.models.causal_lm import CausalLM, generate
+from finexp.tasks.optimization import OptimizerFactory, SchedulerFactory, configure_optimizers
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def normalize(text: str) -> list[str]:
+    """Words of ``text``, lower-cased, punctuation dropped (SQuAD-style), so tokenizer spacing does not count."""
+    return _WORD.findall(text.lower())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 when both texts have the same normalized words, else 0.0."""
+    return float(normalize(prediction) == normalize(reference))
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 (Lin, 2004) over normalized words: the longest common subsequence's precision/recall F1."""
+    pred, ref = normalize(prediction), normalize(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    previous = [0] * (len(ref) + 1)
+    for word in pred:
+        current = [0]
+        for j, other in enumerate(ref):
+            current.append(previous[j] + 1 if word == other else max(previous[j + 1], current[j]))
+        previous = current
+    lcs = previous[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(pred), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token negative log-likelihood over the labelled (response) positions, and their count.
+
+    Position ``t`` predicts token ``t + 1``; labels of -100 (padding, prompt) contribute nothing, so a prompt
+    token's label can never change the loss.
+    """
+    shifted = labels[:, 1:]
+    nll = nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), shifted.flatten(), ignore_index=IGNORE, reduction="sum"
+    )
+    return nll, (shifted != IGNORE).sum()
+
+
+class GenerationModule(pl.LightningModule):
+    """Fine-tunes a :class:`~finexp.models.causal_lm.CausalLM` on prompt -> response pairs.
+
+    Args:
+        model: the decoder (adapter applied).
+        tokenizer: decodes generated ids to text.
+        eos_id: the token that ends an answer.
+        optimizer: builds the optimizer from parameter groups; None for a module that only evaluates.
+        scheduler: builds a per-step LR schedule from ``(optimizer, num_training_steps=...)``; None for none.
+        max_new_tokens: the longest answer generated.
+        do_sample: sample instead of greedy decoding.
+        temperature: sampling temperature.
+        top_k: sample among the ``top_k`` likeliest tokens only (None: all).
+        num_examples: validation prompts answered and logged each epoch.
+        samples_path: the text file those answers are appended to (None: loggers only).
+        seed: seed of sampled decoding.
+    """
+
+    def __init__(
+        self,
+        model: CausalLM,
+        tokenizer: object,
+        eos_id: int,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        max_new_tokens: int = 48,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        num_examples: int = 4,
+        samples_path: str | Path | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.eos_id = eos_id
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.decoding = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature}
+        self.decoding["top_k"] = top_k
+        self.num_examples = num_examples
+        self.samples_path = Path(samples_path) if samples_path is not None else None
+        self.seed = seed
+        self.label_names: list[str] = []
+        self._samples: list[tuple[str, str, str]] = []
+        for stage in ("val", "test"):
+            setattr(self, f"{stage}_nll", SumMetric())
+            setattr(self, f"{stage}_tokens", SumMetric())
+        self.test_exact_match = MeanMetric()
+        self.test_rouge_l = MeanMetric()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+
+    def _nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return response_nll(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        nll, count = self._nll(batch)
+        loss = nll / count.clamp(min=1)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["labels"]))
+        return loss
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Decoding
+    # ----------------------------------------------------------------------------------------------------------
+    def answer(self, batch: dict[str, torch.Tensor], rows: Sequence[int]) -> list[tuple[str, str, str]]:
+        """``(prompt, reference, generated)`` texts of the given rows of a batch."""
+        generator = torch.Generator(device=self.device).manual_seed(self.seed + self.current_epoch)
+        decode = self.tokenizer.decode
+        out = []
+        for i in rows:
+            n_prompt = int(batch["prompt_length"][i])
+            labels = batch["labels"][i]
+            reference = labels[(labels != IGNORE) & (labels != self.eos_id)]
+            generated = generate(
+                self.model, batch["input_ids"][i, :n_prompt], self.eos_id, generator=generator, **self.decoding
+            )
+            prompt = decode(batch["input_ids"][i, :n_prompt].tolist(), skip_special_tokens=True)
+            out.append(
+                (
+                    prompt,
+                    decode(reference.tolist(), skip_special_tokens=True),
+                    decode(generated, skip_special_tokens=True),
+                )
+            )
+        return out
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Validation and test
+    # ----------------------------------------------------------------------------------------------------------
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        nll, count = self._nll(batch)
+        self.val_nll.update(nll)
+        self.val_tokens.update(count)
+        wanted = self.num_examples - len(self._samples)
+        if wanted > 0 and not self.trainer.sanity_checking:
+            self._samples += self.answer(batch, range(min(wanted, len(batch["labels"]))))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_perplexity("val")
+        if self._samples and self.trainer.is_global_zero:
+            self._write_samples(self._samples)
+        self._samples = []
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        nll, count = self._nll(batch)
+        self.test_nll.update(nll)
+        self.test_tokens.update(count)
+        for _, reference, generated in self.answer(batch, range(len(batch["labels"]))):
+            self.test_exact_match.update(exact_match(generated, reference))
+            self.test_rouge_l.update(rouge_l(generated, reference))
+
+    def on_test_epoch_end(self) -> None:
+        self._log_perplexity("test")
+        self.log("test/exact_match", self.test_exact_match.compute(), sync_dist=True)
+        self.log("test/rouge_l", self.test_rouge_l.compute(), sync_dist=True)
+        self.test_exact_match.reset()
+        self.test_rouge_l.reset()
+
+    def _log_perplexity(self, stage: str) -> None:
+        nll, tokens = getattr(self, f"{stage}_nll"), getattr(self, f"{stage}_tokens")
+        loss = nll.compute() / tokens.compute().clamp(min=1)
+        # min(...): a random model's loss is ~log(vocab); exp of a diverging loss must stay a number for loggers
+        self.log_dict(
+            {f"{stage}/loss": loss, f"{stage}/perplexity": loss.clamp(max=math.log(1e30)).exp()}, sync_dist=True
+        )
+        nll.reset()
+        tokens.reset()
+
+    def _write_samples(self, samples: list[tuple[str, str, str]]) -> None:
+        epoch = self.current_epoch
+        if self.samples_path is not None:
+            self.samples_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.samples_path.open("a", encoding="utf-8") as handle:
+                handle.write(f"=== epoch {epoch} (step {self.global_step}) ===\n")
+                for prompt, reference, generated in samples:
+                    handle.write(f"prompt:    {prompt}\nreference: {reference}\ngenerated: {generated}\n\n")
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger):
+                rows = [[epoch, *sample] for sample in samples]
+                logger.log_text("val/generations", columns=["epoch", "prompt", "reference", "generated"], data=rows)
+            elif isinstance(logger, TensorBoardLogger):
+                table = "\n\n".join(
+                    f"**prompt:** {p}  \n**reference:** {r}  \n**generated:** {g}" for p, r, g in samples
+                )
+                logger.experiment.add_text("val/generations", table, global_step=self.global_step)
+
+    def configure_optimizers(self) -> dict:
+        return configure_optimizers(self, self.model, self.optimizer_factory, self.scheduler_factory)

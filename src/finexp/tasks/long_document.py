@@ -1,0 +1,124 @@
+"""Long-document classification: windows are classified, their logits aggregated to one prediction per document.
+
+Training is plain sequence classification of windows, each labelled with its document's label (a window of a
+non-compliant filing may itself look harmless: that is label noise the aggregation averages out). Validation and
+test collect every window's logits and aggregate them per document (``mean`` or ``max`` over windows, per class);
+the classification metrics (and ``{stage}/loss``) then see one row per document. ``{stage}/documents`` and
+``{stage}/windows`` count what was scored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics import Metric
+
+from finexp.tasks.classification import SequenceClassificationModule
+
+AGGREGATES = ("mean", "max")
+
+
+def aggregate_windows(logits: torch.Tensor, docs: torch.Tensor, how: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """Document logits from window logits: ``(documents, doc_logits)``, documents in ascending order.
+
+    Args:
+        logits: ``(windows, classes)``.
+        docs: ``(windows,)`` document index of each window.
+        how: ``mean`` (every window counts alike) or ``max`` (per class, the strongest window decides: one
+            alarming passage flags the document).
+    """
+    if how not in AGGREGATES:
+        raise ValueError(f"task.window.aggregate={how!r}: choose one of {', '.join(AGGREGATES)}")
+    documents, inverse = torch.unique(docs, return_inverse=True)
+    index = inverse.unsqueeze(1).expand_as(logits)
+    out = logits.new_zeros(len(documents), logits.shape[1])
+    reduce = "mean" if how == "mean" else "amax"
+    return documents, out.scatter_reduce(0, index, logits, reduce=reduce, include_self=False)
+
+
+class DocumentAggregator(Metric):
+    """Collects window logits, labels and document ids; ``compute`` returns one ``(logits, label)`` per document.
+
+    States are concatenated across processes, so documents whose windows were scored on different DDP ranks are
+    still aggregated whole.
+    """
+
+    full_state_update = False
+
+    def __init__(self, how: str = "mean") -> None:
+        super().__init__()
+        self.how = how
+        for name in ("logits", "labels", "docs"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, docs: torch.Tensor) -> None:
+        self.logits.append(logits.detach().float())
+        self.labels.append(labels)
+        self.docs.append(docs)
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(doc_logits, doc_labels, windows)``."""
+
+        def cat(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+            return state if isinstance(state, torch.Tensor) else torch.cat(state)
+
+        logits, labels, docs = cat(self.logits), cat(self.labels), cat(self.docs)
+        documents, doc_logits = aggregate_windows(logits, docs, self.how)
+        inverse = torch.searchsorted(documents, docs)
+        doc_labels = labels.new_zeros(len(documents)).scatter(0, inverse, labels)  # a document's windows share it
+        return doc_logits, doc_labels, len(docs)
+
+
+class LongDocumentModule(SequenceClassificationModule):
+    """:class:`~finexp.tasks.classification.SequenceClassificationModule` trained on windows, scored per document.
+
+    It inherits training (a window is a row) and overrides only evaluation, where documents replace rows.
+
+    Args:
+        model: maps a window's ``(input_ids, attention_mask)`` to logits.
+        label_names: class names, index = label id (binary: index 1 is the positive class).
+        aggregate: ``mean`` or ``max`` of the windows' logits.
+        **kwargs: ``optimizer``, ``scheduler``, ``class_weights`` as for the parent.
+    """
+
+    def __init__(self, model: nn.Module, label_names: list[str], aggregate: str = "mean", **kwargs: Any) -> None:
+        super().__init__(model, label_names, **kwargs)
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"task.window.aggregate={aggregate!r}: choose one of {', '.join(AGGREGATES)}")
+        self.aggregate = aggregate
+        self.val_documents = DocumentAggregator(aggregate)
+        self.test_documents = DocumentAggregator(aggregate)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        self.val_documents.update(logits, batch["labels"], batch["doc"])
+
+    def on_validation_epoch_end(self) -> None:
+        self._score("val", self.val_documents)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        self.test_documents.update(logits, batch["labels"], batch["doc"])
+
+    def on_test_epoch_end(self) -> None:
+        self._score("test", self.test_documents)
+
+    def _score(self, stage: str, documents: DocumentAggregator) -> None:
+        if not documents.docs:  # nothing was scored (e.g. limit_val_batches=0)
+            return
+        logits, labels, windows = documents.compute()
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics.update(logits, labels)
+        scores = dict(metrics.compute())
+        scores[f"{stage}/loss"] = self.loss_fn(logits, labels)
+        scores[f"{stage}/documents"] = float(len(labels))
+        scores[f"{stage}/windows"] = float(windows)
+        self.log_dict(scores, sync_dist=True)
+        metrics.reset()
+        documents.reset()
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        logits = self(batch["input_ids"], batch["attention_mask"])
+        return {"doc": batch["doc"], "logits": logits, "labels": batch["labels"]}
