@@ -1,6 +1,8 @@
 """``finexp-export``: a finexp checkpoint -> a Hugging Face model directory that transformers alone can load.
 
     finexp-export outputs/.../checkpoints/best.ckpt exported/credit-lora
+    finexp-export outputs/.../checkpoints/best.ckpt exported/credit-int8 quantize=int8   # + model.int8.pt
+    finexp-export outputs/.../checkpoints/best.ckpt exported/credit-onnx format=onnx     # + model.onnx
 
 Full, frozen-encoder, top-layers, LoRA and IA³ runs become one model: the adapters are merged into the base weights
 and the directory holds ``model.safetensors``, ``config.json``, the tokenizer and ``modeling_finexp.py`` (the pooling
@@ -34,7 +36,8 @@ from finexp.adapters.bottleneck import Adapted, BottleneckAdapter
 from finexp.adapters.checkpoint import load_checkpoint_state
 from finexp.adapters.peft_methods import PromptTunedEncoder
 from finexp.config import validate_config
-from finexp.evaluate import find_run_dir, load_checkpoint
+from finexp.evaluate import find_run_dir, load_checkpoint, load_run
+from finexp.export.compress import CompressOptions, compress
 from finexp.models.classifier import SequenceClassifier
 from finexp.tasks.classification import SequenceClassificationModule
 
@@ -59,6 +62,13 @@ def load_classifier(ckpt: str | Path) -> tuple[SequenceClassifier, Any, list[str
         raise FinexpError(f"{ckpt}: holds no label names and {info_path} is missing")
     if cfg.model.get("kind", "transformer") != "transformer":
         raise FinexpError(f"{ckpt}: model={cfg.model.name} is not a transformer; there is nothing to export")
+    problem = OmegaConf.select(cfg, "task.problem", default="classification")
+    fusion = OmegaConf.select(cfg, "model.fusion")
+    if problem in ("regression", "multilabel") or fusion is not None:
+        raise FinexpError(
+            f"{ckpt}: finexp-export writes text classifiers; this run has task.problem={problem}, "
+            f"model.fusion={fusion} (use finexp-eval, or the checkpoint with finexp)"
+        )
     tokenizer = build.tokenizer_from(cfg)
     model = build.model_from(cfg, len(labels), tokenizer)
     weight = checkpoint.get("state_dict", {}).get("loss_fn.weight")  # task.class_weights: part of the state
@@ -149,12 +159,33 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("ckpt", help="a .ckpt written by finexp-train (its run's config.yaml is read from beside it)")
     parser.add_argument("out_dir", help="directory to write (created)")
+    parser.add_argument(
+        "options",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="quantize=int8 (dynamic int8 linear layers, model.int8.pt) | format=onnx (model.onnx, checked with "
+        "onnxruntime); onnx_tolerance=1e-4, rounds=3 (timing repeats), max_rows=N (test rows measured). Both "
+        "write export_summary.json: test accuracy, size and CPU throughput against fp32",
+    )
     args = parser.parse_args(argv)
     try:
+        options = CompressOptions.parse(args.options)
         result = export(args.ckpt, args.out_dir)
+        if options.active:
+            if not result["merged"]:
+                raise FinexpError(
+                    f"{result['reason']}: format={options.format} quantize={options.quantize} need "
+                    "a model merged into one set of weights"
+                )
+            summary = compress(args.out_dir, load_run(args.ckpt).datamodule, options)
     except FinexpError as err:
         print(f"finexp-export: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    if options.active:
+        new = "int8" if options.quantize == "int8" else "onnx"
+        lines = [f"  {k}: {v:.4g}" if isinstance(v, float) else f"  {k}: {v}" for k, v in summary.items()]
+        print(f"wrote {new} model to {result['path']} (export_summary.json):", *lines, sep="\n")
+        return
     if result["merged"]:
         print(f"exported {result['adapter']} model to {result['path']} (load with trust_remote_code=True)")
     else:
