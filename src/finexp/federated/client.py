@@ -1,0 +1,275 @@
+"""A simulated institution: a Flower ``NumPyClient`` that trains the run's LightningModule on its own rows.
+
+Each call of :meth:`FinexpClient.fit` is one local round: load the global trainable parameters into the shared
+module, fit it with a fresh Lightning ``Trainer`` for the round's local epochs on the client's rows, and return the
+trainable parameters (optionally clipped and noised: client-side DP). Only trainable parameters travel, so a LoRA
+client sends the adapter and the head, never the frozen encoder.
+
+:class:`InProcessClientProxy` is the server's handle on a client: Flower's ``ClientProxy`` interface, called in this
+process instead of over gRPC, which also counts the bytes of every message's serialized parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from flwr.client import NumPyClient
+from flwr.common import (
+    Code,
+    DisconnectRes,
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    GetParametersIns,
+    GetParametersRes,
+    GetPropertiesIns,
+    GetPropertiesRes,
+    Parameters,
+    ReconnectIns,
+    Status,
+)
+from flwr.server.client_proxy import ClientProxy
+from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, clip_inputs_inplace
+from opacus.accountants import RDPAccountant
+from opacus.accountants.utils import get_noise_multiplier
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader
+
+from finexp import FinexpError
+
+log = logging.getLogger("finexp")
+
+TrainerFactory = Callable[..., pl.Trainer]
+# Rényi orders the accountant tries: Opacus' defaults stop at 63, which a few un-subsampled rounds with little noise
+# outgrow (the bound is then loose, and Opacus warns); more orders cost nothing here.
+RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [2**k for k in range(6, 13)]
+
+
+def trainable_names(module: torch.nn.Module) -> list[str]:
+    """Names of the parameters that train, in a fixed order: the ones a client exchanges with the server."""
+    return [name for name, param in module.named_parameters() if param.requires_grad]
+
+
+def get_arrays(module: torch.nn.Module, names: Sequence[str]) -> list[np.ndarray]:
+    """The named parameters as NumPy arrays (copies)."""
+    params = dict(module.named_parameters())
+    return [params[n].detach().cpu().numpy().copy() for n in names]
+
+
+def set_arrays(module: torch.nn.Module, names: Sequence[str], arrays: Sequence[np.ndarray]) -> None:
+    """Load arrays into the named parameters (shapes must match)."""
+    if len(arrays) != len(names):
+        raise FinexpError(f"got {len(arrays)} arrays for {len(names)} trainable parameters")
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, array in zip(names, arrays, strict=True):
+            param = params[name]
+            if tuple(array.shape) != tuple(param.shape):
+                raise FinexpError(f"parameter {name}: got shape {array.shape}, expected {tuple(param.shape)}")
+            param.copy_(torch.from_numpy(np.asarray(array)).to(param.device, param.dtype))
+
+
+def payload_bytes(parameters: Parameters) -> int:
+    """Bytes of the serialized tensors in a Flower message (NumPy ``.npy`` buffers, headers included)."""
+    return sum(len(t) for t in parameters.tensors)
+
+
+class ProximalTerm(pl.Callback):
+    """FedProx on the client: adds the gradient of ``mu/2 * ||w - w_global||^2`` to every trainable parameter.
+
+    Adding ``mu * (w - w_global)`` after backward is the same as adding the term to the loss, and leaves the
+    LightningModule (and its logged loss) as it is. Gradient clipping and the optimizer see the sum.
+
+    Args:
+        mu: the proximal weight Flower's ``FedProx`` strategy sends (``proximal_mu``).
+        anchor: the global parameters of this round, by parameter name.
+    """
+
+    def __init__(self, mu: float, anchor: dict[str, torch.Tensor]) -> None:
+        self.mu = mu
+        self.anchor = anchor
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        scale = self.mu / max(1, trainer.accumulate_grad_batches)  # Lightning divides the loss the same way
+        for name, param in pl_module.named_parameters():
+            if param.grad is not None and name in self.anchor:
+                param.grad.add_(param.detach() - self.anchor[name], alpha=scale)
+
+
+class RoundSchedule:
+    """A client's learning-rate schedule spanning all its rounds: round ``r`` starts where round ``r - 1`` stopped.
+
+    Wraps the run's per-step schedule factory ``(optimizer, num_training_steps) -> LambdaLR``; Lightning passes this
+    round's steps, and the schedule is built for ``rounds`` times as many and moved to this round's first step.
+    """
+
+    def __init__(self, base: Callable[..., LambdaLR], rounds: int, server_round: int) -> None:
+        self.base = base
+        self.rounds = rounds
+        self.server_round = server_round
+
+    def __call__(self, optimizer: torch.optim.Optimizer, num_training_steps: int) -> LambdaLR:
+        scheduler = self.base(optimizer, num_training_steps=num_training_steps * self.rounds)
+        if not isinstance(scheduler, LambdaLR):
+            raise FinexpError("federated.schedule=global needs a LambdaLR schedule; use federated.schedule=round")
+        offset = num_training_steps * (self.server_round - 1)
+        scheduler.last_epoch = offset
+        lrs = [base * fn(offset) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
+        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        scheduler._last_lr = lrs  # what get_last_lr() (and Lightning's LearningRateMonitor) reads
+        return scheduler
+
+
+@dataclass
+class ClientDP:
+    """Client-side differential privacy of each update (DP-FedAvg's clip and noise, done by the client itself).
+
+    The update ``w_local - w_global`` is clipped to L2 norm ``clipping_norm`` and Gaussian noise of standard deviation
+    ``noise_multiplier * clipping_norm`` is added to every coordinate, with Flower's own helpers. Whatever the
+    client's rows, what it sends is then a Gaussian mechanism of sensitivity ``clipping_norm``.
+    """
+
+    clipping_norm: float
+    noise_multiplier: float
+
+    def apply(self, new: list[np.ndarray], old: Sequence[np.ndarray]) -> tuple[list[np.ndarray], float]:
+        """The privatized parameters ``old + noise(clip(new - old))`` and the update's norm before clipping."""
+        update = [np.subtract(n, o) for n, o in zip(new, old, strict=True)]
+        norm = math.sqrt(sum(float(np.square(u, dtype=np.float64).sum()) for u in update))
+        clip_inputs_inplace(update, self.clipping_norm)
+        if self.noise_multiplier > 0:
+            add_gaussian_noise_inplace(update, self.noise_multiplier * self.clipping_norm)
+        return [o + u for o, u in zip(old, update, strict=True)], norm
+
+    @classmethod
+    def for_epsilon(cls, clipping_norm: float, epsilon: float, delta: float, rounds: int) -> ClientDP:
+        """The noise that spends ``epsilon`` (at ``delta``) over ``rounds`` updates of one client."""
+        noise = get_noise_multiplier(
+            target_epsilon=epsilon, target_delta=delta, sample_rate=1.0, steps=rounds, alphas=RDP_ORDERS
+        )
+        return cls(clipping_norm, float(noise))
+
+    def epsilon(self, delta: float, rounds: int) -> float:
+        """ε one client spends over ``rounds`` updates (Rényi DP accountant of Opacus).
+
+        Every update a client sends is one Gaussian mechanism on all of its rows, and the server knows who took part,
+        so no amplification by sampling is claimed (sample rate 1, one step per round the client trained in).
+        """
+        if rounds == 0:
+            return 0.0
+        if self.noise_multiplier == 0:
+            return math.inf
+        accountant = RDPAccountant()
+        accountant.history = [(self.noise_multiplier, 1.0, rounds)]
+        return float(accountant.get_epsilon(delta=delta, alphas=RDP_ORDERS))
+
+
+class FinexpClient(NumPyClient):
+    """One institution: its rows, and the run's LightningModule trained on them with Lightning.
+
+    Clients of one simulation share ``module`` (they train in turn, and every round starts by loading the global
+    parameters), so N clients cost the memory of one model.
+
+    Args:
+        cid: the client's id.
+        module: the run's LightningModule (its optimizer and schedule factories are used as they are).
+        names: the trainable parameters exchanged, in order (:func:`trainable_names`).
+        loader: ``(server_round) -> DataLoader`` over this client's training rows (a new order every round).
+        make_trainer: ``(**overrides) -> pl.Trainer`` for the local rounds (no logger, no checkpoints).
+        local_epochs: epochs over its rows per round.
+        rounds: rounds in the whole run (for a schedule spanning all rounds).
+        schedule: ``global`` (one schedule across rounds) or ``round`` (the schedule restarts every round).
+        dp: client-side DP of the update; None: none.
+    """
+
+    def __init__(
+        self,
+        cid: str,
+        module: pl.LightningModule,
+        names: Sequence[str],
+        loader: Callable[[int], DataLoader],
+        make_trainer: TrainerFactory,
+        local_epochs: int = 1,
+        rounds: int = 1,
+        schedule: str = "global",
+        dp: ClientDP | None = None,
+    ) -> None:
+        self.cid = cid
+        self.module = module
+        self.names = list(names)
+        self.loader = loader
+        self.make_trainer = make_trainer
+        self.local_epochs = local_epochs
+        self.rounds = rounds
+        self.schedule = schedule
+        self.dp = dp
+
+    def get_parameters(self, config: dict) -> list[np.ndarray]:
+        return get_arrays(self.module, self.names)
+
+    def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
+        """One local round: train on this client's rows from the global ``parameters``.
+
+        ``config`` carries ``server_round`` and, from Flower's ``FedProx``, ``proximal_mu``.
+        """
+        server_round = int(config.get("server_round", 1))
+        set_arrays(self.module, self.names, parameters)
+        callbacks: list[pl.Callback] = []
+        mu = float(config.get("proximal_mu", 0.0))
+        if mu > 0:
+            params = dict(self.module.named_parameters())
+            callbacks.append(ProximalTerm(mu, {n: params[n].detach().clone() for n in self.names}))
+        trainer = self.make_trainer(max_epochs=self.local_epochs, callbacks=callbacks, limit_val_batches=0)
+        loader = self.loader(server_round)
+        base = self.module.scheduler_factory
+        if base is not None and self.schedule == "global":
+            self.module.scheduler_factory = RoundSchedule(base, self.rounds, server_round)
+        try:
+            trainer.fit(self.module, train_dataloaders=loader)
+        finally:
+            self.module.scheduler_factory = base
+        new = get_arrays(self.module, self.names)
+        metrics = {"train_loss": float(trainer.callback_metrics.get("train/loss_epoch", float("nan")))}
+        if self.dp is not None:
+            new, norm = self.dp.apply(new, parameters)
+            metrics["update_norm"] = norm
+        return new, len(loader.dataset), metrics
+
+
+class InProcessClientProxy(ClientProxy):
+    """Flower's ``ClientProxy`` for a client living in this process: the server calls it as it would a remote one
+    (messages carry serialized ``Parameters``), and it counts the bytes that would cross the network."""
+
+    def __init__(self, cid: str, client: NumPyClient) -> None:
+        super().__init__(cid)
+        self.client = client.to_client()
+        self.bytes_down = 0  # server -> client
+        self.bytes_up = 0  # client -> server
+
+    def get_properties(self, ins: GetPropertiesIns, timeout: float | None, group_id: int | None) -> GetPropertiesRes:
+        return GetPropertiesRes(status=Status(code=Code.OK, message=""), properties={"cid": self.cid})
+
+    def get_parameters(self, ins: GetParametersIns, timeout: float | None, group_id: int | None) -> GetParametersRes:
+        res = self.client.get_parameters(ins)
+        self.bytes_up += payload_bytes(res.parameters)
+        return res
+
+    def fit(self, ins: FitIns, timeout: float | None, group_id: int | None) -> FitRes:
+        self.bytes_down += payload_bytes(ins.parameters)
+        res = self.client.fit(ins)
+        self.bytes_up += payload_bytes(res.parameters)
+        return res
+
+    def evaluate(self, ins: EvaluateIns, timeout: float | None, group_id: int | None) -> EvaluateRes:
+        raise FinexpError("finexp evaluates the global model on the server (the val split), not on clients")
+
+    def reconnect(self, ins: ReconnectIns, timeout: float | None, group_id: int | None) -> DisconnectRes:
+        return DisconnectRes(reason="")

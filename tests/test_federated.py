@@ -1,0 +1,214 @@
+"""Federated fine-tuning with Flower: partitions, FedAvg's aggregate, bytes, client DP, finexp-train end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import text_task
+from finexp import build
+from finexp.config import ConfigError, validate_config
+from finexp.evaluate import evaluate
+from finexp.federated import (
+    PartitionError,
+    column_partition,
+    dirichlet_partition,
+    iid_partition,
+    label_distributions,
+    label_skew,
+)
+from finexp.train import train
+
+flwr = pytest.importorskip("flwr")  # the `federated` extra (pulled by `dev`)
+from flwr.common import parameters_to_ndarrays  # noqa: E402
+
+from finexp.federated.client import ClientDP, ProximalTerm, payload_bytes  # noqa: E402
+
+FED = ["federated=fedavg", "federated.num_clients=3", "federated.rounds=2"]
+
+
+def _labels(n: int = 600, classes: int = 3, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, classes, n)
+
+
+def _every_row_once(parts: list[np.ndarray], n: int) -> None:
+    rows = np.sort(np.concatenate(parts))
+    np.testing.assert_array_equal(rows, np.arange(n))
+
+
+def test_dirichlet_partition_is_label_skewed_and_iid_is_not():
+    labels = _labels()
+    skewed = dirichlet_partition(labels, 5, alpha=0.3, seed=1, min_rows=10)
+    iid = iid_partition(labels, 5, seed=1)
+    _every_row_once(skewed, len(labels))
+    _every_row_once(iid, len(labels))
+    assert min(len(p) for p in skewed) >= 10
+
+    dist = label_distributions(labels, skewed, 3)
+    pairwise_tv = [0.5 * np.abs(dist[i] - dist[j]).sum() for i in range(5) for j in range(i + 1, 5)]
+    assert max(pairwise_tv) > 0.4  # some clients see very different label mixes
+    assert label_skew(labels, skewed, 3) > 0.15
+    assert label_skew(labels, iid, 3) < 0.02  # stratified: every client sees the overall mix
+    assert max(len(p) for p in iid) - min(len(p) for p in iid) <= 1
+    # seeded: the same draw again, another seed another draw
+    assert all(np.array_equal(a, b) for a, b in zip(skewed, dirichlet_partition(labels, 5, 0.3, 1), strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(skewed, dirichlet_partition(labels, 5, 0.3, 2), strict=True))
+    # higher alpha: closer to IID
+    assert label_skew(labels, dirichlet_partition(labels, 5, 100.0, 1), 3) < label_skew(labels, skewed, 3)
+    with pytest.raises(PartitionError, match="min_rows"):
+        dirichlet_partition(labels[:40], 5, alpha=0.05, seed=0, min_rows=10)
+
+
+def test_column_partition_keeps_each_institution_together():
+    groups = ["north"] * 50 + ["south"] * 30 + ["east"] * 15 + ["west"] * 5
+    parts = column_partition(groups, 3, column="region")
+    _every_row_once(parts, len(groups))
+    held = [{groups[i] for i in p} for p in parts]
+    assert sorted(map(len, held)) == [1, 1, 2]  # the two smallest values share the least loaded client
+    assert all(len(set.intersection(a, b)) == 0 for a in held for b in held if a is not b)
+    with pytest.raises(PartitionError, match=r"region.*4 value"):
+        column_partition(groups, 5, column="region")
+
+
+def test_client_dp_clips_the_update_and_accounts_epsilon():
+    old = [np.zeros((4, 4), np.float32), np.zeros(3, np.float32)]
+    new = [np.full((4, 4), 2.0, np.float32), np.full(3, 2.0, np.float32)]
+    sent, norm = ClientDP(clipping_norm=1.0, noise_multiplier=0.0).apply(new, old)
+    assert norm == pytest.approx(2.0 * np.sqrt(19))
+    assert np.sqrt(sum((a**2).sum() for a in sent)) == pytest.approx(1.0, rel=1e-5)  # clipped to the bound
+    noisy, _ = ClientDP(clipping_norm=1.0, noise_multiplier=1.0).apply(new, old)
+    assert not np.allclose(noisy[0], sent[0])
+    dp = ClientDP.for_epsilon(1.0, epsilon=8.0, delta=1e-5, rounds=3)
+    assert dp.epsilon(1e-5, 3) == pytest.approx(8.0, rel=0.02)
+    assert ClientDP(1.0, 2 * dp.noise_multiplier).epsilon(1e-5, 3) < 8.0 < dp.epsilon(1e-5, 10)
+
+
+def test_proximal_term_pulls_toward_the_global_model():
+    layer = torch.nn.Linear(3, 1)
+    anchor = {n: torch.zeros_like(p) for n, p in layer.named_parameters()}
+    for p in layer.parameters():
+        p.grad = torch.zeros_like(p)
+
+    class Trainer:
+        accumulate_grad_batches = 1
+
+    ProximalTerm(0.5, anchor).on_after_backward(Trainer(), layer)
+    torch.testing.assert_close(layer.weight.grad, 0.5 * layer.weight.detach())
+
+
+def _federation(make_cfg, sentiment_csv, *overrides):
+    cfg = make_cfg(*text_task(sentiment_csv), *FED, *overrides)
+    validate_config(cfg)
+    tokenizer = build.tokenizer_from(cfg)
+    datamodule = build.datamodule_from(cfg, tokenizer)
+    datamodule.prepare()
+    build.resolve_monitor(cfg, datamodule.num_labels)
+    model = build.model_from(cfg, datamodule.num_labels, tokenizer)
+    module = build.module_from(cfg, model, datamodule)
+    return build.federation_from(cfg, module, datamodule, loggers=[])
+
+
+def test_fedavg_aggregate_is_the_row_weighted_mean_of_client_parameters(make_cfg, sentiment_csv):
+    federation = _federation(
+        make_cfg, sentiment_csv, "federated.partition=dirichlet", "federated.alpha=1.0", "optimizer.lr=3e-3"
+    )
+    start = federation.strategy.initialize_parameters(federation.manager)
+    aggregated, record = federation.fit_round(1, start)
+
+    answers = [(res.num_examples, parameters_to_ndarrays(res.parameters)) for _, res in federation.last_results]
+    sizes = [n for n, _ in answers]
+    assert sorted(sizes) == sorted(len(p) for p in federation.partitions) and len(set(sizes)) > 1
+    assert not np.allclose(answers[0][1][-2], answers[1][1][-2])  # the clients really trained apart
+    expected = [sum(n * arrays[i] for n, arrays in answers) / sum(sizes) for i in range(len(answers[0][1]))]
+    for got, want in zip(parameters_to_ndarrays(aggregated), expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert record.clients == ["0", "1", "2"] and record.bytes_up == record.bytes_down > 0
+
+
+def test_lora_clients_exchange_far_fewer_bytes_than_full(make_cfg, sentiment_csv):
+    sent = {}
+    for adapter in ("full", "lora"):
+        federation = _federation(make_cfg, sentiment_csv, f"adapter={adapter}")
+        start = federation.strategy.initialize_parameters(federation.manager)
+        instructions = federation.strategy.configure_fit(1, start, federation.manager)
+        sent[adapter] = sum(payload_bytes(ins.parameters) for _, ins in instructions)  # what goes down (= comes up)
+        exchanged = sum(p.numel() for p in federation.module.parameters() if p.requires_grad)
+        assert len(instructions) == 3
+        assert 3 * 4 * exchanged <= sent[adapter] <= 3 * (4 * exchanged + 200 * len(federation.names))  # float32
+    assert sent["lora"] * 50 < sent["full"]
+
+
+def test_three_clients_two_rounds_end_to_end_then_finexp_eval(make_cfg, sentiment_csv, tmp_path):
+    cfg = make_cfg(*text_task(sentiment_csv), *FED, "federated.local_epochs=2", "optimizer.lr=3e-3")
+    metrics = train(cfg)
+    run = Path(cfg.paths.output_dir)
+
+    assert metrics["federated/rounds"] == 2 and metrics["federated/num_clients"] == 3
+    assert metrics["federated/bytes_per_round"] == 2 * metrics["federated/bytes_up_per_round"] > 0
+    assert metrics["test/auroc"] > 0.8  # an easy task: the federation learned it
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["best_checkpoint"] == str(run / "checkpoints" / "best.ckpt")
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    record = json.loads((run / "federation.json").read_text())
+    assert [r["round"] for r in record["rounds"]] == [0, 1, 2]
+    assert sum(c["rows"] for c in record["clients"]) == 112  # every training row, once
+    history = pd.read_csv(run / "csv" / "metrics.csv")
+    rounds = history.dropna(subset=["federated/bytes_up"])
+    assert rounds["step"].tolist() == [1, 2] and rounds["val/auroc"].notna().all()
+    checkpoint = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert checkpoint["finexp"]["label_names"] == ["bearish", "bullish"]
+
+    eval_cfg = make_cfg(
+        f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}",
+        "trainer.accelerator=cpu",
+        "trainer.enable_progress_bar=false",
+        config_name="eval",
+        fast=False,
+    )
+    eval_cfg.analysis.enabled = False
+    evaluated = evaluate(eval_cfg)
+    assert evaluated["test/auroc"] == pytest.approx(metrics["test/auroc"], abs=1e-6)
+
+
+def test_column_partition_fedprox_and_client_dp_end_to_end(make_cfg, applicants_csv):
+    cfg = make_cfg(
+        "task=table_classification",
+        f"data.path={applicants_csv}",
+        "task.label_column=default",
+        "task.positive_label=yes",
+        "task.exclude_columns=[customer_id]",
+        "adapter=lora",
+        "federated=fedprox",
+        "federated.rounds=1",
+        "federated.partition=column",
+        "federated.partition_column=purpose",
+        "federated.num_clients=3",
+        "federated.dp.enabled=true",
+        "federated.dp.epsilon=4",
+    )
+    metrics = train(cfg)
+    assert metrics["privacy/epsilon"] == pytest.approx(4.0, rel=0.02)
+    record = json.loads((Path(cfg.paths.output_dir) / "federation.json").read_text())
+    assert sorted(v for c in record["clients"] for v in c["values"]) == ["car", "education", "home"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["federated.num_clients=1"], "federated.num_clients"),
+        (["federated.partition=column"], "partition_column"),
+        (["federated.partition=by_bank"], "federated.partition"),
+        (["privacy=dp_sgd"], "federated.dp.enabled"),
+        (["federated.dp.enabled=true", "federated.dp.noise_multiplier=1.0"], "exactly one"),
+        (["trainer=ddp_cpu"], "trainer.devices"),
+    ],
+)
+def test_bad_federated_configs_are_rejected(make_cfg, overrides, message):
+    cfg = make_cfg("federated=fedavg", *overrides)
+    with pytest.raises(ConfigError, match=message):
+        validate_config(cfg)
