@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -17,13 +18,16 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from finexp import FinexpError
-from finexp.data.datamodule import ClassificationDataModule, Columns, DataSource, SplitPolicy
 from finexp.adapters.checkpoint import TrainableOnlyCheckpoint
+from finexp.data.augment import Augmenter, load_synonyms
+from finexp.data.datamodule import ClassificationDataModule, Columns, DataSource, SplitPolicy
 from finexp.data.few_shot import SamplingPolicy
 from finexp.methods.setfit import SetFit
 from finexp.models.backbone import build_encoder, build_tokenizer
 from finexp.models.classifier import SequenceClassifier
+from finexp.models.init_from import load_encoder, read_initial_weights
 from finexp.privacy import PrivacyPlan, build_privacy
+from finexp.rules import RuleSet
 from finexp.tasks.classification import SequenceClassificationModule
 
 log = logging.getLogger("finexp")
@@ -60,14 +64,18 @@ def classification_datamodule(
     source: DataSource | None = None,
     label_names: list[str] | None = None,
     privacy: PrivacyPlan | None = None,
+    datamodule_class: Callable[..., ClassificationDataModule] = ClassificationDataModule,
 ) -> ClassificationDataModule:
-    """Rows (a text column, or table rows serialized to text) -> one label each; PII masking applies always."""
+    """Rows (a text column, or table rows serialized to text) -> one label each; PII masking applies always.
+
+    ``datamodule_class``: a subclass for another kind of label (regression, multi-label) reusing this pipeline.
+    """
     task, data = cfg.task, cfg.data
     mask_pii = OmegaConf.select(cfg, "privacy.mask_pii", default=False)  # absent in configs saved before masking
     masking = (privacy or privacy_from(cfg)).mask if mask_pii else None
     serialization = _plain(task.serialization)
     phrases = serialization.pop("columns")
-    return ClassificationDataModule(
+    return datamodule_class(
         tokenizer,
         source=source or DataSource(data.rdataset, data.path, data.train_path, data.val_path, data.test_path),
         columns=Columns(
@@ -102,6 +110,23 @@ def classification_datamodule(
         train_label_transform=privacy.labels if privacy is not None else None,
         train_batch_sampler=privacy.dp_sgd.batch_sampler if privacy is not None and privacy.dp_sgd else None,
         sampling=sampling_from(cfg),
+        augment=augmenter_from(cfg),
+        numeric_columns=fusion_columns(cfg),
+    )
+
+
+def augmenter_from(cfg: DictConfig) -> Augmenter | None:
+    """The training-split augmentation of ``data.augment`` (None when ``copies`` is 0 or the key is absent)."""
+    augment = OmegaConf.select(cfg, "data.augment")
+    if augment is None or not augment.copies:
+        return None
+    return Augmenter(
+        copies=augment.copies,
+        ops=list(augment.ops),
+        probability=augment.probability,
+        synonyms=load_synonyms(augment.synonyms),
+        jitter_scale=augment.jitter_scale,
+        seed=augment.seed,
     )
 
 
@@ -113,12 +138,21 @@ def sampling_from(cfg: DictConfig) -> SamplingPolicy:
         train_fraction=OmegaConf.select(data, "train_fraction"),
         train_size=OmegaConf.select(data, "train_size"),
         seed=OmegaConf.select(data, "k_shot_seed", default=cfg.get("seed", 0)),
+        by_class=OmegaConf.select(cfg, "task.problem", default="classification") == "classification",
     )
 
 
 def privacy_from(cfg: DictConfig) -> PrivacyPlan:
     """The run's privacy pieces (``conf/privacy``): PII masker, label randomizer, DP-SGD callback."""
     return build_privacy(seed=cfg.get("seed", 0), label_column=cfg.task.label_column, **_plain(cfg.privacy))
+
+
+def rules_from(cfg: DictConfig) -> RuleSet | None:
+    """The business rules of ``cfg.rules`` (``conf/rules``; finexp-predict, -serve, -eval); None for ``rules=none``."""
+    node = cfg.get("rules")
+    if node is None or not (node.rules or node.decisions):
+        return None
+    return RuleSet.from_specs(_plain(node.rules), _plain(node.decisions), _plain(node.counts_as), node.name)
 
 
 def model_from(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
@@ -130,8 +164,11 @@ def classification_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrained
     """Encoder + pooling + linear head over ``num_labels`` outputs, with the adapter applied."""
     m = cfg.model
     encoder = build_encoder(m.name_or_path, _plain(m.architecture), len(tokenizer), m.local_files_only)
-    model = SequenceClassifier(encoder, num_labels, pooling=m.pooling, dropout=m.dropout)
+    fused = len(fusion_columns(cfg))
+    model = SequenceClassifier(encoder, num_labels, pooling=m.pooling, dropout=m.dropout, numeric_features=fused)
     model.train()  # from_pretrained returns eval mode; Lightning keeps modes as it finds them (dropout would be off)
+    if OmegaConf.select(m, "init_from"):  # continual fine-tuning: an earlier run's weights, before the adapter
+        load_encoder(model, read_initial_weights(m.init_from))
     apply_adapter = instantiate(cfg.adapter, _convert_="all")
     return apply_adapter(model)
 
@@ -146,6 +183,7 @@ def class_weights(mode: str | None, counts: list[int]) -> list[float] | None:
 
 def module_from(cfg: DictConfig, model: nn.Module, datamodule: Any) -> pl.LightningModule:
     """The problem type's LightningModule: loss, metrics, optimizer and schedule around ``model``."""
+    fit_fusion_statistics(model, datamodule)
     if OmegaConf.select(cfg, "distill.teacher"):
         return distillation_module(cfg, model, datamodule)
     return problem_of(cfg).module(cfg, model, datamodule)
@@ -229,12 +267,16 @@ def _instantiate_group(node: DictConfig | None) -> list[Any]:
 
 def callbacks_from(cfg: DictConfig) -> list[pl.Callback]:
     callbacks = _instantiate_group(cfg.get("callbacks"))
-    if OmegaConf.select(cfg, "method.name") == "setfit":
-        for callback in callbacks:
-            if isinstance(callback, TrainableOnlyCheckpoint) and callback.enabled:
-                # stage 1 changed the (then frozen) encoder: its weights exist in no file, so checkpoints keep them
-                log.info("method=setfit: full checkpoints (the contrastively tuned encoder is part of the model)")
-                callback.enabled = False
+    reason = None
+    if OmegaConf.select(cfg, "method.name") == "setfit":  # stage 1 changed the encoder it then freezes
+        reason = "method=setfit: the contrastively tuned encoder"
+    elif OmegaConf.select(cfg, "model.init_from"):
+        reason = "model.init_from: the encoder of an earlier run"
+    for callback in callbacks:
+        if reason and isinstance(callback, TrainableOnlyCheckpoint) and callback.enabled:
+            # frozen weights that no pretrained file holds: checkpoints keep them, so they stand on their own
+            log.info("full checkpoints (%s is part of the model)", reason)
+            callback.enabled = False
     return callbacks
 
 
@@ -276,6 +318,261 @@ def trainer_from(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[An
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
 
 
+def _data_source(cfg: DictConfig, source: DataSource | None) -> DataSource:
+    data = cfg.data
+    return source or DataSource(data.rdataset, data.path, data.train_path, data.val_path, data.test_path)
+
+
+def _encoder(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+    m = cfg.model
+    return build_encoder(m.name_or_path, _plain(m.architecture), len(tokenizer), m.local_files_only)
+
+
+def token_classification_datamodule(
+    cfg: DictConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    source: DataSource | None = None,
+    label_names: list[str] | None = None,
+    privacy: PrivacyPlan | None = None,
+) -> Any:
+    """CoNLL files -> sentences of sub-word tokens, each word's tag on its first sub-token (privacy: none)."""
+    from finexp.data.ner import TokenClassificationDataModule
+
+    data = cfg.data
+    return TokenClassificationDataModule(
+        tokenizer,
+        _data_source(cfg, source),
+        scheme=cfg.task.scheme,
+        val_size=data.val_size,
+        test_size=data.test_size,
+        split_seed=data.split_seed,
+        max_length=data.max_length,
+        batch_size=data.batch_size,
+        eval_batch_size=data.eval_batch_size,
+        group_by_length=data.group_by_length,
+        num_workers=data.num_workers,
+        seed=cfg.get("seed", 0),
+        label_names=label_names,
+    )
+
+
+def token_classification_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+    """Encoder + a linear head on every token, with the adapter applied."""
+    from finexp.models.token_classifier import TokenClassifier
+
+    model = TokenClassifier(_encoder(cfg, tokenizer), num_labels, dropout=cfg.model.dropout)
+    model.train()  # from_pretrained returns eval mode
+    return instantiate(cfg.adapter, _convert_="all")(model)
+
+
+def token_classification_module(cfg: DictConfig, model: nn.Module, datamodule: Any) -> pl.LightningModule:
+    from finexp.tasks.token_classification import TokenClassificationModule
+
+    return TokenClassificationModule(
+        model,
+        datamodule.label_names,
+        optimizer=instantiate(cfg.optimizer, _convert_="all"),
+        scheduler=instantiate(cfg.scheduler, _convert_="all"),
+        report_dir=cfg.paths.output_dir,
+    )
+
+
+def fusion_columns(cfg: DictConfig) -> list[str]:
+    """``model.fusion=concat``: the numeric columns fused with the text (``task.numeric_columns``); else none."""
+    if OmegaConf.select(cfg, "model.fusion") is None:  # absent in configs saved before fusion
+        return []
+    return list(_plain(OmegaConf.select(cfg, "task.numeric_columns")) or [])
+
+
+def fit_fusion_statistics(model: nn.Module, datamodule: Any) -> None:
+    """Give a fusion model the train split's mean/std of its numeric columns (a checkpoint then carries them)."""
+    numeric = getattr(model, "numeric", None)
+    if numeric is not None and len(datamodule.datasets.get("train", ())):
+        numeric.set_statistics(*datamodule.numeric_statistics())
+
+
+def regression_datamodule(
+    cfg: DictConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    source: DataSource | None = None,
+    label_names: list[str] | None = None,
+    privacy: PrivacyPlan | None = None,
+) -> Any:
+    """The classification pipeline with a float target (finexp.tasks.regression.RegressionDataModule)."""
+    from finexp.tasks.regression import RegressionDataModule
+
+    return classification_datamodule(cfg, tokenizer, source, label_names, privacy, RegressionDataModule)
+
+
+def regression_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+    """Encoder + pooling + a one-output head (``num_labels`` is 1: the target), with the adapter applied."""
+    return classification_model(cfg, 1, tokenizer)
+
+
+def regression_module(cfg: DictConfig, model: nn.Module, datamodule: Any) -> pl.LightningModule:
+    """MSE/Huber loss on the target standardized with the train split's statistics (``task.loss``)."""
+    from finexp.tasks.regression import RegressionModule
+
+    mean, std = datamodule.target_statistics() if len(datamodule.datasets.get("train", ())) else (0.0, 1.0)
+    return RegressionModule(
+        model,
+        datamodule.label_names[0],
+        optimizer=instantiate(cfg.optimizer, _convert_="all"),
+        scheduler=instantiate(cfg.scheduler, _convert_="all"),
+        loss=cfg.task.loss,
+        huber_delta=cfg.task.huber_delta,
+        target_mean=mean,
+        target_std=std,
+    )
+
+
+def generation_datamodule(
+    cfg: DictConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    source: DataSource | None = None,
+    label_names: list[str] | None = None,
+    privacy: PrivacyPlan | None = None,
+) -> Any:
+    """Prompt/response rows (``task.text_column``/``task.label_column``) -> ``[bos] prompt response [eos]``."""
+    from finexp.data.generation import GenerationDataModule
+
+    data = cfg.data
+    return GenerationDataModule(
+        tokenizer,
+        _data_source(cfg, source),
+        prompt_column=cfg.task.text_column,
+        response_column=cfg.task.label_column,
+        val_size=data.val_size,
+        test_size=data.test_size,
+        split_seed=data.split_seed,
+        max_length=data.max_length,
+        batch_size=data.batch_size,
+        eval_batch_size=data.eval_batch_size,
+        group_by_length=data.group_by_length,
+        num_workers=data.num_workers,
+        seed=cfg.get("seed", 0),
+    )
+
+
+def generation_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+    """A causal LM with the adapter applied to its transformer; its LM head trains with adapter=full, or when
+    ``task.generation.train_lm_head``."""
+    from finexp.models.causal_lm import CausalLM, build_causal_lm
+
+    m = cfg.model
+    lm = build_causal_lm(m.name_or_path, _plain(m.architecture), len(tokenizer), m.local_files_only)
+    model = CausalLM(lm)
+    model.train()  # from_pretrained returns eval mode
+    model = instantiate(cfg.adapter, _convert_="all")(model)
+    partial = any(not p.requires_grad for p in model.encoder.parameters())
+    if partial and not cfg.task.generation.train_lm_head:
+        model.head.requires_grad_(False)  # the adapters always train `head`; for an LM it is the vocabulary
+    if not any(p.requires_grad for p in model.parameters()):
+        raise FinexpError(
+            "nothing trains: this adapter trains only the head, and task.generation.train_lm_head=false keeps the LM "
+            "head frozen; set task.generation.train_lm_head=true or choose adapter=lora / full"
+        )
+    return model
+
+
+def generation_module(cfg: DictConfig, model: nn.Module, datamodule: Any) -> pl.LightningModule:
+    from finexp.tasks.generation import GenerationModule
+
+    gen = cfg.task.generation
+    return GenerationModule(
+        model,
+        datamodule.tokenizer,
+        datamodule.eos,
+        optimizer=instantiate(cfg.optimizer, _convert_="all"),
+        scheduler=instantiate(cfg.scheduler, _convert_="all"),
+        max_new_tokens=gen.max_new_tokens,
+        do_sample=gen.do_sample,
+        temperature=gen.temperature,
+        top_k=gen.top_k,
+        num_examples=gen.num_examples,
+        samples_path=Path(cfg.paths.output_dir) / "generations.txt",
+        seed=cfg.get("seed", 0),
+    )
+
+
+def long_document_datamodule(
+    cfg: DictConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    source: DataSource | None = None,
+    label_names: list[str] | None = None,
+    privacy: PrivacyPlan | None = None,
+) -> Any:
+    """Documents read, split and labelled as for classification (untruncated), served as overlapping windows."""
+    from finexp.data.windows import NO_TRUNCATION, LongDocumentDataModule
+
+    documents = classification_datamodule(cfg, tokenizer, source, label_names, privacy=None)
+    documents.max_length = NO_TRUNCATION  # windows, not truncation, bound what the model sees
+    window, data = cfg.task.window, cfg.data
+    return LongDocumentDataModule(
+        documents,
+        size=window.size,
+        stride=window.stride,
+        max_windows=window.max_windows,
+        batch_size=data.batch_size,
+        eval_batch_size=data.eval_batch_size,
+        group_by_length=data.group_by_length,
+        num_workers=data.num_workers,
+        seed=cfg.get("seed", 0),
+    )
+
+
+def long_document_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+    """The classifier (encoder + pooling + head) that scores each window."""
+    model = classification_model(cfg, num_labels, tokenizer)
+    positions = getattr(model.encoder.config, "max_position_embeddings", None) or getattr(
+        model.encoder.config, "n_positions", None
+    )
+    if positions is not None and cfg.task.window.size > positions:
+        raise FinexpError(f"task.window.size={cfg.task.window.size} exceeds the model's {positions} positions")
+    return model
+
+
+def long_document_module(cfg: DictConfig, model: nn.Module, datamodule: Any) -> pl.LightningModule:
+    from finexp.tasks.long_document import LongDocumentModule
+
+    return LongDocumentModule(
+        model,
+        datamodule.label_names,
+        aggregate=cfg.task.window.aggregate,
+        optimizer=instantiate(cfg.optimizer, _convert_="all"),
+        scheduler=instantiate(cfg.scheduler, _convert_="all"),
+        class_weights=class_weights(cfg.task.class_weights, datamodule.class_counts()),
+    )
+
+
+def multilabel_datamodule(
+    cfg: DictConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    source: DataSource | None = None,
+    label_names: list[str] | None = None,
+    privacy: PrivacyPlan | None = None,
+) -> Any:
+    """The classification pipeline with label sets (``task.label_separator`` or ``task.label_columns``)."""
+    from finexp.tasks.multilabel import MultiLabelDataModule
+
+    make = functools.partial(
+        MultiLabelDataModule, separator=cfg.task.label_separator, label_columns=_plain(cfg.task.label_columns)
+    )
+    return classification_datamodule(cfg, tokenizer, source, label_names, privacy, make)
+
+
+def multilabel_module(cfg: DictConfig, model: nn.Module, datamodule: Any) -> pl.LightningModule:
+    """One sigmoid output per label, binary cross-entropy; per-label and micro/macro F1."""
+    from finexp.tasks.multilabel import MultiLabelModule
+
+    return MultiLabelModule(
+        model,
+        datamodule.label_names,
+        optimizer=instantiate(cfg.optimizer, _convert_="all"),
+        scheduler=instantiate(cfg.scheduler, _convert_="all"),
+    )
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Problem types: ``task.problem`` picks how data, model and LightningModule are built. A new problem type is one
 # module under finexp/tasks (its LightningModule, and its datamodule if the classification one does not fit) plus
@@ -291,14 +588,15 @@ class Problem:
         model: ``(cfg, num_labels, tokenizer) -> nn.Module`` with the adapter applied.
         module: ``(cfg, model, datamodule) -> LightningModule``.
         monitor: ``num_labels -> metric`` that ``task.monitor=auto`` resolves to.
-        trust_report: whether the classification analysis (calibration, thresholds, fairness, ...) applies.
+        report: which trust report ``analysis`` writes for it: ``classification`` (calibration, thresholds,
+            fairness, explanations), ``regression`` (errors, residuals, error by target decile), or None.
     """
 
     datamodule: Callable[..., Any]
     model: Callable[[DictConfig, int, PreTrainedTokenizerBase], nn.Module]
     module: Callable[[DictConfig, nn.Module, Any], pl.LightningModule]
     monitor: Callable[[int], str]
-    trust_report: bool = False
+    report: str | None = None
 
 
 PROBLEMS: dict[str, Problem] = {
@@ -307,7 +605,38 @@ PROBLEMS: dict[str, Problem] = {
         model=classification_model,
         module=classification_module,
         monitor=lambda num_labels: "val/auroc" if num_labels == 2 else "val/f1_macro",
-        trust_report=True,
+        report="classification",
+    ),
+    "token_classification": Problem(
+        datamodule=token_classification_datamodule,
+        model=token_classification_model,
+        module=token_classification_module,
+        monitor=lambda num_labels: "val/f1",
+    ),
+    "generation": Problem(
+        datamodule=generation_datamodule,
+        model=generation_model,
+        module=generation_module,
+        monitor=lambda num_labels: "val/loss",
+    ),
+    "long_document": Problem(
+        datamodule=long_document_datamodule,
+        model=long_document_model,
+        module=long_document_module,
+        monitor=lambda num_labels: "val/auroc" if num_labels == 2 else "val/f1_macro",
+    ),
+    "regression": Problem(
+        datamodule=regression_datamodule,
+        model=regression_model,
+        module=regression_module,
+        monitor=lambda num_labels: "val/rmse",
+        report="regression",
+    ),
+    "multilabel": Problem(
+        datamodule=multilabel_datamodule,
+        model=classification_model,
+        module=multilabel_module,
+        monitor=lambda num_labels: "val/f1_macro",
     ),
 }
 
@@ -317,3 +646,82 @@ def problem_of(cfg: DictConfig) -> Problem:
     if problem not in PROBLEMS:
         raise FinexpError(f"task.problem={problem!r}: unknown problem type; allowed: {', '.join(sorted(PROBLEMS))}")
     return PROBLEMS[problem]
+
+
+def federation_from(cfg: DictConfig, module: pl.LightningModule, datamodule: Any, loggers: list[Any]) -> Any:
+    """``federated=...``: the clients' partitions, the Flower strategy and the trainers of a federated run.
+
+    Returns a :class:`finexp.federated.simulation.Federation` (Flower is imported only here, when asked for).
+    """
+    from finexp.config import monitor_mode
+    from finexp.federated import partition_rows
+    from finexp.federated.client import ClientDP
+    from finexp.federated.partition import client_values
+    from finexp.federated.simulation import Federation
+
+    fed = cfg.federated
+    train_set = datamodule.datasets["train"]
+    groups = None
+    if fed.partition == "column":
+        frame = datamodule.splits.train
+        if fed.partition_column not in frame.columns:
+            raise FinexpError(
+                f"federated.partition_column={fed.partition_column!r} is not a column of the train split; "
+                f"columns: {', '.join(map(str, frame.columns))}"
+            )
+        groups = frame[fed.partition_column].tolist()
+        if len(groups) != len(train_set):
+            raise FinexpError(
+                f"federated.partition=column: {len(groups)} rows in the train frame but {len(train_set)} tokenized"
+            )
+    seed = fed.partition_seed if fed.partition_seed is not None else cfg.data.split_seed
+    partitions = partition_rows(
+        train_set.labels.tolist(),
+        fed.num_clients,
+        fed.partition,
+        seed=seed,
+        alpha=fed.alpha,
+        groups=groups,
+        column=fed.partition_column,
+        min_rows=fed.min_rows,
+    )
+    dp = None
+    if fed.dp.enabled:
+        if fed.dp.noise_multiplier is not None:
+            dp = ClientDP(fed.dp.clipping_norm, fed.dp.noise_multiplier)
+        else:
+            dp = ClientDP.for_epsilon(fed.dp.clipping_norm, fed.dp.epsilon, fed.dp.delta, fed.rounds)
+    base = {  # local rounds and server-side evaluation: no logger, checkpoints, summaries or progress bars
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        "enable_progress_bar": False,
+        "num_sanity_val_steps": 0,
+        "default_root_dir": cfg.paths.output_dir,
+    }
+
+    def make_trainer(**overrides: Any) -> pl.Trainer:
+        return instantiate(cfg.trainer, **{**base, **overrides}, _convert_="all")
+
+    monitor = cfg.task.monitor
+    return Federation(
+        module,
+        partitions,
+        train_set,
+        datamodule.val_dataloader(),
+        strategy=instantiate(fed.strategy, _convert_="all"),
+        make_trainer=make_trainer,
+        rounds=fed.rounds,
+        local_epochs=fed.local_epochs,
+        batch_size=cfg.data.batch_size,
+        pad_token_id=datamodule.tokenizer.pad_token_id,
+        monitor=monitor,
+        mode=monitor_mode(monitor),
+        loggers=loggers,
+        seed=cfg.seed,
+        schedule=fed.schedule,
+        dp=dp,
+        dp_delta=fed.dp.delta if dp is not None else None,
+        client_names=client_values(groups, partitions) if groups is not None else None,
+        group_by_length=cfg.data.group_by_length,
+    )

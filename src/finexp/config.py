@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 from finexp import FinexpError
 
@@ -38,6 +38,29 @@ class SerializationConfig:
 
 
 @dataclass
+class WindowConfig:
+    """``task.problem=long_document``: how a document becomes overlapping token windows (finexp.data.windows)."""
+
+    size: int = 256  # tokens per window, special tokens included; larger: more context, quadratic attention cost
+    stride: int = 192  # tokens between the starts of consecutive windows (size - stride overlap); <= size
+    aggregate: str = "mean"  # mean | max of the windows' logits -> the document's logits
+    max_windows: int | None = None  # keep at most this many windows of a document (its first ones); null: all
+
+
+@dataclass
+class GenerationConfig:
+    """``task.problem=generation``: decoding of validation samples and test answers (finexp.tasks.generation)."""
+
+    max_new_tokens: int = 48  # the longest answer generated; longer answers are cut
+    do_sample: bool = False  # false: greedy (deterministic); true: sampling at `temperature`
+    temperature: float = 1.0  # with do_sample: < 1 sharper, > 1 more varied
+    top_k: int | None = None  # with do_sample: sample among the k likeliest tokens only; null: the whole vocabulary
+    num_examples: int = 4  # validation prompts whose answers are logged each epoch (generations.txt, loggers)
+    train_lm_head: bool = False  # with a partial adapter (lora, ...): also train the LM head; GPT-2 ties it to the
+    # input embeddings, so that trains the whole vocabulary embedding (many parameters)
+
+
+@dataclass
 class TaskConfig:
     """What to predict and from which columns."""
 
@@ -53,6 +76,14 @@ class TaskConfig:
     serialization: SerializationConfig = field(default_factory=SerializationConfig)
     class_weights: str | None = None  # null or "balanced" (inverse class frequency in the train split)
     monitor: str = "auto"  # metric for checkpointing/early stopping; auto: val/auroc (binary), val/f1_macro
+    scheme: str = "IOB2"  # token_classification: the files' tagging scheme, IOB2 or IOB1 (converted to IOB2)
+    window: WindowConfig = field(default_factory=WindowConfig)  # long_document
+    generation: GenerationConfig = field(default_factory=GenerationConfig)  # generation
+    loss: str = "mse"  # regression: mse | huber (less pulled by outliers)
+    huber_delta: float = 1.0  # regression, huber: quadratic within this many target standard deviations, then linear
+    label_separator: str | None = None  # multilabel: labels in one cell, e.g. "|" for "fraud|aml" (empty cell: none)
+    label_columns: list[str] | None = None  # multilabel: or one 0/1 column per label (then label_column names them)
+    numeric_columns: list[str] = field(default_factory=list)  # model.fusion: numeric columns fed beside the text
 
 
 @dataclass
@@ -64,6 +95,18 @@ class CrossValidationConfig:
 
     folds: int | None = None  # null: no cross-validation (one train/val split)
     fold: int = 0  # which fold validates; sweep it: -m data.cv.fold=0,1,2,3,4
+
+
+@dataclass
+class AugmentConfig:
+    """Training-split augmentation (finexp.data.augment): EDA word operations, numeric jitter; val/test never."""
+
+    copies: int = 0  # augmented copies per train row; 0: off. More: more variety, longer epochs
+    ops: list[str] = field(default_factory=lambda: ["delete", "swap", "synonym"])  # table tasks: [jitter]
+    probability: float = 0.1  # share of a text's words each word operation touches; higher: noisier copies
+    synonyms: str | None = None  # word-list file (comma-separated groups per line); null: the financial list shipped
+    jitter_scale: float = 0.05  # relative std of the noise on numbers (jitter)
+    seed: int = II("seed")
 
 
 @dataclass
@@ -88,6 +131,12 @@ class DataConfig:
     num_workers: int = 0
     cache_dir: str | None = "${paths.cache_dir}"  # tokenized splits are cached here; null disables
     cv: CrossValidationConfig = field(default_factory=CrossValidationConfig)
+    # Few-shot / reduced-data runs (finexp.data.few_shot), applied after the split (test untouched); at most one:
+    k_shot: int | None = None  # K train rows per class, val capped at K per class; null: all rows
+    train_fraction: float | None = None  # keep this share of the train rows (stratified); learning curves by size
+    train_size: int | None = None  # keep this many train rows (stratified)
+    k_shot_seed: int = II("seed")  # which rows are kept: a new seed draws a new sample
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # train split only (data.augment.copies=2)
 
 
 @dataclass
@@ -103,6 +152,8 @@ class ModelConfig:
     local_files_only: bool = False  # never touch the network (set HF_HUB_OFFLINE=1 for the same effect)
     kind: str = "transformer"  # transformer | baseline (a classic model: model=tfidf_logreg, gbm)
     estimator: Any = None  # baselines: the estimator (``_target_`` in finexp.baselines)
+    fusion: str | None = None  # null: text only | concat: task.numeric_columns (standardized) beside the text embedding
+    init_from: str | None = None  # continual fine-tuning: an earlier run's .ckpt or finexp-export dir seeds the weights
 
 
 @dataclass
@@ -244,6 +295,28 @@ class LabelDPConfig(PrivacyConfig):
 
 
 @dataclass
+class MethodConfig:
+    """How the model learns from the labelled rows (``conf/method``): ``finetune`` is the plain supervised loop."""
+
+    name: str = "finetune"
+
+
+@dataclass
+class SetFitMethodConfig(MethodConfig):
+    """``method=setfit``: contrastive sentence-pair tuning of the encoder, then the head (finexp.methods.setfit)."""
+
+    name: str = "setfit"
+    num_pairs: int | None = None  # pairs per stage-1 epoch, half same-class; null: 40 per train row (SetFit's 20 x 2)
+    max_pairs: int | None = 4000  # cap on num_pairs=null (large K would give 40 x rows); null: no cap
+    pair_epochs: int = 1  # passes over the pairs
+    pair_batch_size: int = 16
+    pair_lr: float = 2.0e-5  # stage 1 (encoder) learning rate; the head's is optimizer.lr
+    pair_warmup_ratio: float = 0.1
+    freeze_encoder: bool = True  # stage 2 trains the head only (SetFit); false: head and encoder (adapter) together
+    head_init: str = "logistic"  # logistic: start the head from a logistic regression on the embeddings | random
+
+
+@dataclass
 class AnalysisConfig:
     """The trust report of a run (``conf/analysis``; finexp.analysis.AnalysisOptions)."""
 
@@ -258,6 +331,45 @@ class AnalysisConfig:
     explain_examples: int = 20
     ig_steps: int = 32
     top_words: int = 15
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation from a trained finexp teacher (finexp.tasks.distillation); off while teacher is null."""
+
+    teacher: str | None = None  # a .ckpt written by finexp-train (same task and labels); null: no distillation
+    temperature: float = 2.0  # softens both distributions; higher: more of the teacher's view of the wrong classes
+    alpha: float = 0.5  # weight of the soft-target (KL) loss; 1 - alpha weighs the hard-label cross-entropy
+    teacher_batch_size: int = 64  # rows per teacher forward pass (the teacher runs once, before training)
+    cache: bool = True  # keep the teacher's logits in <run dir>/teacher_logits.pt (a resumed run reads them back)
+
+
+@dataclass
+class FederatedDPConfig:
+    """Client-side DP of a federated run: each client clips its update and adds Gaussian noise before sending it."""
+
+    enabled: bool = False
+    clipping_norm: float = 1.0  # L2 bound on a client's update per round (its sensitivity); low clips signal
+    noise_multiplier: float | None = None  # noise std / clipping_norm; null: solved for `epsilon`
+    epsilon: float | None = 8.0  # target ε per client over all rounds (noise solved for it); null with noise_multiplier
+    delta: float = 1.0e-5
+
+
+@dataclass
+class FederatedConfig:
+    """``federated=fedavg|fedprox``: simulated institutions fine-tune one model with Flower (finexp.federated)."""
+
+    num_clients: int = 5
+    rounds: int = 3
+    local_epochs: int = 1  # epochs over its own rows each client trains per round
+    partition: str = "iid"  # iid (stratified) | column (one client per value of partition_column) | dirichlet
+    partition_column: str | None = None  # partition=column: e.g. a region or lender column of the table
+    alpha: float = 0.5  # partition=dirichlet: label skew, lower = more skewed
+    min_rows: int = 10  # partition=dirichlet: redraw until every client holds at least this many rows
+    partition_seed: int | None = None  # null: data.split_seed
+    schedule: str = "global"  # global: the lr schedule spans all rounds | round: it restarts every round
+    strategy: Any = MISSING  # a Flower strategy (``_target_``, ``_partial_: true``): FedAvg, FedProx, FedAdam, ...
+    dp: FederatedDPConfig = field(default_factory=FederatedDPConfig)
 
 
 @dataclass
@@ -279,17 +391,81 @@ class TrainConfig:
     optimizer: Any = MISSING
     scheduler: Any = MISSING
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     trainer: Any = MISSING
     logger: Any = None
     callbacks: Any = None
     paths: PathsConfig = field(default_factory=PathsConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    federated: Any = None  # federated=none (empty): central training; fedavg|fedprox: Flower rounds
     seed: int = 42
     run_name: str = MISSING
     tags: list[str] = field(default_factory=list)
     ckpt_path: str | None = None  # resume training from this checkpoint ("last": <run dir>/checkpoints/last.ckpt)
     resume: bool = True  # a rerun into a run directory of the same config: skip it if complete, else continue it
     test: bool = True  # evaluate the best checkpoint on the test split after training
+
+
+@dataclass
+class RuleConfig:
+    """One business rule: when ``when`` holds for a row, ``decision`` overrides the model's (finexp.rules)."""
+
+    name: str = MISSING
+    when: str = MISSING  # a condition over input columns, e.g. "Debt / Income > 0.6" (parsed safely, never eval'd)
+    decision: str = MISSING
+
+
+@dataclass
+class RulesConfig:
+    """Business rules applied after the model by finexp-predict, finexp-serve and finexp-eval (``conf/rules``)."""
+
+    name: str = "none"
+    rules: list[RuleConfig] = field(default_factory=list)  # in order of precedence: the first that matches decides
+    decisions: dict[str, str] = field(default_factory=dict)  # model label -> decision (unlisted: the label itself)
+    counts_as: dict[str, str] = field(default_factory=dict)  # rule-only decision -> label, for model + rules metrics
+    extra_columns: list[str] = field(default_factory=list)  # input columns rules read that the model does not
+
+
+@dataclass
+class PredictConfig:
+    """The top of ``conf/predict.yaml``."""
+
+    ckpt: Any = MISSING  # a .ckpt, or several (a,b,c or [a,b,c]): an ensemble averaging their probabilities
+    input: str = MISSING  # CSV, TSV, JSONL or Parquet
+    output: str | None = None  # by extension; null: predictions.<input's extension> in the run directory
+    chunk_rows: int = 10000
+    batch_size: int = 64
+    device: str = "auto"
+    threads: int = 0
+    attributions: int = 0
+    ig_steps: int = 32
+    progress: bool = True
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+@dataclass
+class ServerConfig:
+    """``finexp-serve``'s HTTP settings (``serve.*``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 256
+    batch_size: int = 64
+    device: str = "auto"
+    threads: int = 0
+    log_level: str = "info"
+
+
+@dataclass
+class ServeConfig:
+    """The top of ``conf/serve.yaml``."""
+
+    ckpt: Any = MISSING
+    serve: ServerConfig = field(default_factory=ServerConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
 
 
 @dataclass
@@ -302,14 +478,24 @@ class EvalConfig:
     trainer: Any = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)  # model + rules metrics beside the model's own
 
 
 ALLOWED = {
-    "task.problem": ("classification",),
+    "task.problem": (
+        "classification",
+        "token_classification",
+        "generation",
+        "long_document",
+        "regression",
+        "multilabel",
+    ),
+    "model.fusion": (None, "concat"),
     "task.class_weights": (None, "balanced"),
     "model.pooling": ("mean", "cls", "last"),
     "model.kind": ("transformer", "baseline"),
     "privacy.name": ("none", "dp_sgd", "label_dp"),
+    "method.name": ("finetune", "setfit"),
 }
 
 
@@ -318,6 +504,9 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="predict_schema", node=PredictConfig)
+    cs.store(name="serve_schema", node=ServeConfig)
+    cs.store(group="schema/rules", name="rules", node=RulesConfig)
     cs.store(group="schema/adapter", name="full", node=FullAdapterConfig)
     cs.store(group="schema/adapter", name="freeze", node=FreezeAdapterConfig)
     cs.store(group="schema/adapter", name="top_layers", node=TopLayersAdapterConfig)
@@ -331,8 +520,12 @@ def register_configs() -> None:
     cs.store(group="schema/scheduler", name="scheduler", node=SchedulerConfig)
     cs.store(group="schema/privacy", name="privacy", node=PrivacyConfig)
     cs.store(group="schema/analysis", name="analysis", node=AnalysisConfig)
+    cs.store(group="schema/distill", name="distill", node=DistillConfig)
+    cs.store(group="schema/federated", name="federated", node=FederatedConfig)
     cs.store(group="schema/privacy", name="dp_sgd", node=DPSGDConfig)
     cs.store(group="schema/privacy", name="label_dp", node=LabelDPConfig)
+    cs.store(group="schema/method", name="method", node=MethodConfig)
+    cs.store(group="schema/method", name="setfit", node=SetFitMethodConfig)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -453,6 +646,7 @@ def validate_config(cfg: DictConfig) -> None:
         _require(data[key] >= 1, f"data.{key}", data[key], "must be >= 1")
     _require(data.max_length >= 8, "data.max_length", data.max_length, "must be >= 8 tokens")
     _require(data.max_rows is None or data.max_rows >= 10, "data.max_rows", data.max_rows, "must be >= 10 or null")
+    _validate_sampling(cfg)
     _require(0 <= cfg.model.dropout < 1, "model.dropout", cfg.model.dropout, "must be in [0, 1)")
     _require(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
     validate_analysis(cfg.get("analysis"))
@@ -481,6 +675,10 @@ def validate_config(cfg: DictConfig) -> None:
     elif cfg.model.name_or_path is None and cfg.model.tokenizer is None:
         raise ConfigError("model.tokenizer must be set for a model built from `model.architecture`")
     _validate_privacy(cfg)
+    _validate_distill(cfg)
+    _validate_federated(cfg)
+    _validate_problem(cfg)
+    _validate_row_problems(cfg)
 
 
 # Lightning strategies that need a package beside Lightning: checked before the trainer is built, so a missing
@@ -499,6 +697,201 @@ def _validate_strategy(trainer: DictConfig) -> None:
             )
     num_nodes = trainer.get("num_nodes", 1)
     _require(num_nodes >= 1, "trainer.num_nodes", num_nodes, "must be >= 1")
+
+
+def _validate_sampling(cfg: DictConfig) -> None:
+    """Few-shot / reduced-data settings (``data.k_shot`` ...) and the few-shot method (``method``)."""
+    data = cfg.data
+    given = [k for k in ("k_shot", "train_fraction", "train_size") if data.get(k) is not None]
+    allowed = "set at most one of k_shot, train_fraction, train_size"
+    _require(len(given) <= 1, "data", {k: data[k] for k in given}, allowed)
+    for key in ("k_shot", "train_size"):
+        _require(data.get(key) is None or data[key] >= 1, f"data.{key}", data.get(key), "must be >= 1 or null")
+    problem = OmegaConf.select(cfg, "task.problem", default="classification")
+    if data.get("k_shot") is not None:
+        hint = f"needs task.problem=classification (not {problem}); use data.train_fraction or data.train_size"
+        _require(problem == "classification", "data.k_shot", data.k_shot, hint)
+    fraction = data.get("train_fraction")
+    _require(fraction is None or 0 < fraction <= 1, "data.train_fraction", fraction, "must be in (0, 1] or null")
+    augment = data.get("augment")
+    if augment is not None and augment.copies:
+        from finexp.data.augment import OPS
+
+        _require(augment.copies >= 0, "data.augment.copies", augment.copies, "must be >= 0")
+        for op in augment.ops:
+            _require(op in OPS, "data.augment.ops", op, f"choose from {', '.join(OPS)}")
+        _require(0 < augment.probability <= 1, "data.augment.probability", augment.probability, "must be in (0, 1]")
+        _require(augment.jitter_scale >= 0, "data.augment.jitter_scale", augment.jitter_scale, "must be >= 0")
+        _require(
+            cfg.privacy.name != "label_dp",
+            "data.augment.copies",
+            augment.copies,
+            "must be 0 with privacy=label_dp (each copy would spend the row's label privacy again)",
+        )
+    method = cfg.get("method")
+    if method is None or method.name != "setfit":
+        return
+    _require(cfg.task.problem == "classification", "method", "setfit", "needs task.problem=classification")
+    _require(cfg.model.get("kind", "transformer") == "transformer", "method", "setfit", "needs an encoder model")
+    _require(cfg.privacy.name != "dp_sgd", "method", "setfit", "stage 1 is not differentially private: not dp_sgd")
+    _require(method.num_pairs is None or method.num_pairs >= 2, "method.num_pairs", method.num_pairs, ">= 2 or null")
+    _require(method.max_pairs is None or method.max_pairs >= 2, "method.max_pairs", method.max_pairs, ">= 2 or null")
+    for key in ("pair_epochs", "pair_batch_size"):
+        _require(method[key] >= 1, f"method.{key}", method[key], "must be >= 1")
+    _require(method.pair_lr > 0, "method.pair_lr", method.pair_lr, "must be > 0")
+    _require(0 <= method.pair_warmup_ratio < 1, "method.pair_warmup_ratio", method.pair_warmup_ratio, "in [0, 1)")
+    _require(method.head_init in ("logistic", "random"), "method.head_init", method.head_init, "logistic or random")
+
+
+def _validate_distill(cfg: DictConfig) -> None:
+    """``distill.*`` (absent in configs saved before distillation existed)."""
+    distill = cfg.get("distill")
+    if distill is None or not distill.teacher:
+        return
+    _require(distill.temperature > 0, "distill.temperature", distill.temperature, "must be > 0")
+    _require(0 <= distill.alpha <= 1, "distill.alpha", distill.alpha, "must be in [0, 1]")
+    _require(distill.teacher_batch_size >= 1, "distill.teacher_batch_size", distill.teacher_batch_size, "must be >= 1")
+    problem = OmegaConf.select(cfg, "task.problem", default="classification")
+    _require(problem == "classification", "distill.teacher", distill.teacher, "needs task.problem=classification")
+    kind = cfg.model.get("kind", "transformer")
+    _require(kind == "transformer", "distill.teacher", distill.teacher, f"the student must be an encoder, not {kind}")
+    _require(
+        cfg.privacy.name == "none",
+        "privacy.name",
+        cfg.privacy.name,
+        "must be none with distill.teacher (the teacher's soft targets carry every training label unprotected)",
+    )
+    method = OmegaConf.select(cfg, "method.name", default="finetune")
+    _require(method == "finetune", "method", method, "distillation trains with the finetune loop: method=finetune")
+    federated = bool(cfg.get("federated"))  # federated=none composes to an empty node
+    _require(not federated, "federated", "on", "distillation trains centrally: federated=none with a teacher")
+
+
+def _validate_problem(cfg: DictConfig) -> None:
+    """Settings of the problem types beyond classification (``task.scheme``, ``task.window``, ``task.generation``)."""
+    task = cfg.task
+    problem = task.problem
+    if problem not in ("token_classification", "generation", "long_document"):
+        return
+    kind = cfg.model.get("kind", "transformer")
+    _require(kind == "transformer", "model.kind", kind, f"task.problem={problem} needs a transformer model")
+    _require(cfg.privacy.name == "none", "privacy.name", cfg.privacy.name, f"must be none with task.problem={problem}")
+    mask = OmegaConf.select(cfg, "privacy.mask_pii", default=False)
+    _require(not mask, "privacy.mask_pii", mask, f"must be false with task.problem={problem} (not wired there yet)")
+    if problem == "token_classification":
+        _require(task.scheme in ("IOB1", "IOB2"), "task.scheme", task.scheme, "choose IOB1 or IOB2")
+    elif problem == "long_document":
+        window = task.window
+        _require(window.size >= 8, "task.window.size", window.size, "must be >= 8 tokens")
+        _require(1 <= window.stride <= window.size, "task.window.stride", window.stride, "must be in [1, size]")
+        _require(window.aggregate in ("mean", "max"), "task.window.aggregate", window.aggregate, "choose mean or max")
+        limit = window.max_windows
+        _require(limit is None or limit >= 1, "task.window.max_windows", limit, "must be >= 1 or null")
+    else:
+        gen = task.generation
+        _require(gen.max_new_tokens >= 1, "task.generation.max_new_tokens", gen.max_new_tokens, "must be >= 1")
+        _require(gen.temperature > 0, "task.generation.temperature", gen.temperature, "must be > 0")
+        _require(gen.top_k is None or gen.top_k >= 1, "task.generation.top_k", gen.top_k, "must be >= 1 or null")
+        _require(gen.num_examples >= 0, "task.generation.num_examples", gen.num_examples, "must be >= 0")
+
+
+def _validate_row_problems(cfg: DictConfig) -> None:
+    """Regression and multi-label (one target per row, classification pipeline), and ``model.fusion``."""
+    task, data = cfg.task, cfg.data
+    problem = task.problem
+    fusion = OmegaConf.select(cfg, "model.fusion")
+    if fusion is not None:
+        _require(
+            problem in ("classification", "regression", "multilabel"),
+            "model.fusion",
+            fusion,
+            f"needs task.problem=classification, regression or multilabel (not {problem})",
+        )
+        if not OmegaConf.select(cfg, "task.numeric_columns"):
+            raise ConfigError("model.fusion=concat needs task.numeric_columns=[...] (the numeric columns to fuse)")
+        _require(cfg.privacy.name != "dp_sgd", "model.fusion", fusion, "not with privacy=dp_sgd (text-only probe)")
+        explain = OmegaConf.select(cfg, "analysis.explain", default=False)
+        _require(not explain, "analysis.explain", explain, "must be false with model.fusion (explains text only)")
+        method, teacher = OmegaConf.select(cfg, "method.name"), OmegaConf.select(cfg, "distill.teacher")
+        _require(method in (None, "finetune"), "method.name", method, "must be finetune with model.fusion")
+        _require(not teacher, "distill.teacher", teacher, "must be null with model.fusion (text-only students)")
+    if problem not in ("regression", "multilabel"):
+        return
+    kind = cfg.model.get("kind", "transformer")
+    _require(kind == "transformer", "model.kind", kind, f"task.problem={problem} needs a transformer model")
+    name = cfg.privacy.name
+    _require(name == "none", "privacy.name", name, f"must be none with task.problem={problem} (privacy.mask_pii works)")
+    _require(task.positive_label is None, "task.positive_label", task.positive_label, f"null for {problem}")
+    _require(task.class_weights is None, "task.class_weights", task.class_weights, f"must be null for {problem}")
+    teacher = OmegaConf.select(cfg, "distill.teacher")
+    _require(not teacher, "distill.teacher", teacher, f"distillation is classification only, not {problem}")
+    for key in ("k_shot", "cv.folds"):  # data.train_fraction / train_size sample such tasks unstratified
+        value = OmegaConf.select(data, key)
+        _require(value is None, f"data.{key}", value, f"must be null with task.problem={problem} (stratified by class)")
+    if problem == "regression":
+        explain = OmegaConf.select(cfg, "analysis.explain", default=False)
+        _require(not explain, "analysis.explain", explain, "must be false with task.problem=regression")
+        _require(task.loss in ("mse", "huber"), "task.loss", task.loss, "choose mse or huber")
+        _require(task.huber_delta > 0, "task.huber_delta", task.huber_delta, "must be > 0")
+    else:
+        given = [k for k in ("label_separator", "label_columns") if task.get(k)]
+        if len(given) != 1:
+            raise ConfigError(
+                "task.problem=multilabel needs exactly one of task.label_separator (several labels in one cell, "
+                f"e.g. '|') and task.label_columns (one 0/1 column per label); given: {given or 'neither'}"
+            )
+
+
+def _validate_federated(cfg: DictConfig) -> None:
+    """``federated=...``: Flower must be installed, the partition must make sense, and training must be local."""
+    fed = cfg.get("federated")
+    if not fed:  # federated=none (an empty node) or null: central training
+        return
+    if importlib.util.find_spec("flwr") is None:
+        raise ConfigError("federated=... needs Flower, which is not installed: pip install 'finexp[federated]'")
+    _require(fed.num_clients >= 2, "federated.num_clients", fed.num_clients, "must be >= 2")
+    _require(fed.rounds >= 1, "federated.rounds", fed.rounds, "must be >= 1")
+    _require(fed.local_epochs >= 1, "federated.local_epochs", fed.local_epochs, "must be >= 1")
+    partitions = ("iid", "column", "dirichlet")
+    allowed = f"choose one of {', '.join(partitions)}"
+    _require(fed.partition in partitions, "federated.partition", fed.partition, allowed)
+    if fed.partition == "column" and not fed.partition_column:
+        raise ConfigError("federated.partition=column needs federated.partition_column (e.g. a region column)")
+    _require(fed.alpha > 0, "federated.alpha", fed.alpha, "must be > 0 (lower: more label skew)")
+    _require(fed.min_rows >= 1, "federated.min_rows", fed.min_rows, "must be >= 1")
+    _require(fed.schedule in ("global", "round"), "federated.schedule", fed.schedule, "choose global or round")
+    if OmegaConf.is_missing(fed, "strategy") or "_target_" not in fed.strategy:
+        raise ConfigError("federated.strategy needs a _target_ (a Flower strategy, e.g. flwr.server.strategy.FedAvg)")
+    dp = fed.dp
+    if dp.enabled:
+        if (dp.noise_multiplier is None) == (dp.epsilon is None):
+            raise ConfigError(
+                "federated.dp needs exactly one of federated.dp.epsilon (noise solved for it) and "
+                "federated.dp.noise_multiplier; set the other to null"
+            )
+        _require(dp.clipping_norm > 0, "federated.dp.clipping_norm", dp.clipping_norm, "must be > 0")
+        if dp.noise_multiplier is not None:
+            _require(dp.noise_multiplier >= 0, "federated.dp.noise_multiplier", dp.noise_multiplier, "must be >= 0")
+        if dp.epsilon is not None:
+            _require(dp.epsilon > 0, "federated.dp.epsilon", dp.epsilon, "must be > 0")
+        _require(0 < dp.delta < 1, "federated.dp.delta", dp.delta, "must be in (0, 1)")
+    kind = cfg.model.get("kind", "transformer")
+    _require(kind == "transformer", "model.kind", kind, "federated runs fine-tune a transformer (not a baseline)")
+    _require(
+        cfg.privacy.name != "dp_sgd",
+        "privacy.name",
+        cfg.privacy.name,
+        "dp_sgd is not wired into federated clients; use federated.dp.enabled=true (client-level DP)",
+    )
+    method = OmegaConf.select(cfg, "method.name", default="finetune")
+    _require(method == "finetune", "method.name", method, "federated clients train with method=finetune")
+    problem = OmegaConf.select(cfg, "task.problem", default="classification")
+    _require(problem == "classification", "task.problem", problem, "federated runs support classification")
+    trainer = cfg.trainer
+    devices, strategy = trainer.get("devices", 1), trainer.get("strategy", "auto")
+    _require(devices in (1, "1", "auto"), "trainer.devices", devices, "must be 1 with federated (one process)")
+    _require(strategy == "auto", "trainer.strategy", strategy, "must be auto with federated (one process)")
+    _require(cfg.ckpt_path is None, "ckpt_path", cfg.ckpt_path, "federated runs cannot resume mid-federation yet")
 
 
 def _validate_baseline(cfg: DictConfig) -> None:
@@ -556,3 +949,23 @@ def validate_analysis(analysis: DictConfig | None) -> None:
     _require(analysis.ig_steps >= 2, "analysis.ig_steps", analysis.ig_steps, "must be >= 2")
     _require(analysis.top_words >= 1, "analysis.top_words", analysis.top_words, "must be >= 1")
     _require(analysis.fairness_at in where, "analysis.fairness_at", analysis.fairness_at, f"one of {', '.join(where)}")
+
+
+def validate_serving(cfg: DictConfig) -> None:
+    """Value checks of ``finexp-predict`` (``conf/predict.yaml``) and ``finexp-serve`` (``conf/serve.yaml``)."""
+    for key in ("chunk_rows", "batch_size", "serve.max_batch", "serve.batch_size"):
+        value = OmegaConf.select(cfg, key)
+        _require(value is None or value >= 1, key, value, "must be >= 1")
+    for key in ("attributions", "threads", "serve.threads"):
+        value = OmegaConf.select(cfg, key)
+        _require(value is None or value >= 0, key, value, "must be >= 0 (0: no attributions)")
+    steps = OmegaConf.select(cfg, "ig_steps")
+    _require(steps is None or steps >= 2, "ig_steps", steps, "must be >= 2")
+    port = OmegaConf.select(cfg, "serve.port")
+    _require(port is None or 0 <= port <= 65535, "serve.port", port, "must be in [0, 65535] (0: any free port)")
+    for key in ("device", "serve.device"):
+        value = OmegaConf.select(cfg, key)
+        allowed = value is None or value in ("auto", "cpu") or str(value).startswith("cuda")
+        _require(allowed, key, value, "auto, cpu or cuda[:N]")
+    ckpt = OmegaConf.select(cfg, "ckpt")
+    _require(bool(ckpt), "ckpt", ckpt, "give a checkpoint path, or several (a,b,c) for an ensemble")

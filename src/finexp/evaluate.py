@@ -32,6 +32,7 @@ from finexp.analysis.metrics import classification_summary
 from finexp.config import config_dir, validate_analysis, validate_config
 from finexp.data.datamodule import ClassificationDataModule, DataSource
 from finexp.records import write_json
+from finexp.rules import score_with_rules
 from finexp.tasks.classification import SequenceClassificationModule
 
 log = logging.getLogger("finexp")
@@ -89,8 +90,11 @@ def load_run(ckpt_path: str, data_path: str | None = None, batch_size: int | Non
     datamodule = build.datamodule_from(run_cfg, tokenizer, source=source, label_names=labels)
     datamodule.prepare()
     model = build.model_from(run_cfg, len(labels), tokenizer)
-    weight = checkpoint.get("state_dict", {}).get("loss_fn.weight")  # task.class_weights: part of the state
-    module = SequenceClassificationModule(model, labels, class_weights=None if weight is None else weight.tolist())
+    if OmegaConf.select(run_cfg, "task.problem", default="classification") == "classification":
+        weight = checkpoint.get("state_dict", {}).get("loss_fn.weight")  # task.class_weights: part of the state
+        module = SequenceClassificationModule(model, labels, class_weights=None if weight is None else weight.tolist())
+    else:  # the problem type's module; what it learnt from the train split (a target's mean/std) is in the checkpoint
+        module = build.module_from(run_cfg, model, datamodule)
     load_checkpoint_state(module, checkpoint)  # parameter-efficient checkpoints hold only what trained
     return LoadedRun(ckpt, run_cfg, info, labels, datamodule, module)
 
@@ -98,6 +102,7 @@ def load_run(ckpt_path: str, data_path: str | None = None, batch_size: int | Non
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Rebuild the model of a run, load the checkpoint's weights and test it. Returns the metrics."""
     validate_analysis(cfg.get("analysis"))
+    rules = build.rules_from(cfg)  # parsed before anything loads: a bad rule fails fast
     run = load_run(cfg.ckpt_path, cfg.data_path, cfg.batch_size)
     ckpt, run_cfg, info, labels = run.ckpt, run.run_cfg, run.info, run.labels
     datamodule, module = run.datamodule, run.module
@@ -105,6 +110,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     for result in trainer.test(module, dataloaders=datamodule.test_dataloader(), verbose=False):
         metrics |= result
+    if not isinstance(module, SequenceClassificationModule):  # regression, multi-label: no per-class/trust report
+        return _evaluate_rows(cfg, run, trainer, metrics)
     outputs = trainer.predict(module, dataloaders=datamodule.test_dataloader())
     index = torch.cat([o["index"] for o in outputs])
     probs = torch.cat([o["probs"] for o in outputs])[index.argsort()]
@@ -125,6 +132,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     for i, name in enumerate(labels):
         frame[f"prob_{name}"] = probs[:, i].numpy()
+    rules_metrics: dict[str, float] = {}
+    if rules is not None:  # the model + business rules (conf/rules), scored on the same rows
+        rows = datamodule.splits.test
+        rules.check_columns(rows.columns)
+        rules.check_labels(labels)
+        rules_metrics, decisions = score_with_rules(rules, rows.to_dict("records"), probs.numpy(), truth, labels)
+        for key in ("model_decision", "rule", "final_decision"):
+            frame[key] = [getattr(d, key) for d in decisions]
     frame.to_csv(out / "predictions.csv", index=False)
 
     test_fingerprint = datamodule.fingerprints["test"]
@@ -136,6 +151,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "same_test_split_as_training": test_fingerprint == info.get("data_fingerprint", {}).get("test"),
         "rows": len(truth),
         **{k: float(v) for k, v in sorted(metrics.items())},
+        **rules_metrics,
     }
     if cfg.analysis.enabled:
         options = AnalysisOptions(**OmegaConf.to_container(cfg.analysis, resolve=True))
@@ -160,12 +176,35 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             [
                 "",
                 "finexp evaluation",
-                *(f"  {k:<14} {v:.4f}" for k, v in metrics.items() if k.startswith("test/")),
+                *(f"  {k:<14} {v:.4f}" for k, v in metrics.items() if k.startswith(("test/", "test_rules/"))),
                 f"  written to: {out}",
             ]
         ),
         flush=True,
     )
+    return metrics
+
+
+def _evaluate_rows(cfg: DictConfig, run: LoadedRun, trainer: Any, metrics: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json and predictions.csv of a module that tabulates its own predictions (``predictions_table``)."""
+    datamodule, module = run.datamodule, run.module
+    outputs = trainer.predict(module, dataloaders=datamodule.test_dataloader())
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    module.predictions_table(outputs, datamodule.texts["test"]).to_csv(out / "predictions.csv", index=False)
+    test_fingerprint = datamodule.fingerprints["test"]
+    metrics = {
+        "status": "completed",
+        "checkpoint": str(run.ckpt),
+        "data": cfg.data_path or "test split of the run",
+        "data_fingerprint": test_fingerprint,
+        "same_test_split_as_training": test_fingerprint == run.info.get("data_fingerprint", {}).get("test"),
+        "rows": len(datamodule.datasets["test"]),
+        **{k: float(v) for k, v in sorted(metrics.items())},
+    }
+    write_json(out / "metrics.json", metrics)
+    lines = [f"  {k:<14} {v:.4f}" for k, v in metrics.items() if k.startswith("test/")]
+    print("\n".join(["", "finexp evaluation", *lines, f"  written to: {out}"]), flush=True)
     return metrics
 
 

@@ -3,6 +3,7 @@
     finexp-report outputs/credit_scoring/multiruns/2026-11-29/08-00-00
     finexp-report outputs/ --by privacy.epsilon --x privacy.epsilon
     finexp-report outputs/ --by model --x time/epoch_s
+    finexp-report outputs/sentiment/multiruns/<date>/<time> --by method --x data.k_shot --curve   # learning curve
 
 Every directory below the given one that holds ``run_info.json`` or ``error.json`` is a run. A run with
 ``metrics.json`` completed; one with ``error.json`` failed; one with neither is unfinished (still running, or killed).
@@ -260,9 +261,18 @@ def _plot(frame: pd.DataFrame, by: str, x: str, path: Path, scale: str) -> None:
 
 
 def write_report(
-    root: str | Path, out_dir: str | Path | None = None, by: str = "adapter", x: str = DEFAULT_X, scale: str = "auto"
+    root: str | Path,
+    out_dir: str | Path | None = None,
+    by: str = "adapter",
+    x: str = DEFAULT_X,
+    scale: str = "auto",
+    curve: bool = False,
 ) -> pd.DataFrame:
-    """Write ``report.md``, ``report.csv`` and ``report.png`` for the runs under ``root``; returns the table."""
+    """Write ``report.md``, ``report.csv`` and ``report.png`` for the runs under ``root``; returns the table.
+
+    ``curve``: also a learning curve of the primary metric against ``x``, one line per ``by`` value with a ± std
+    band (``curve.png``, ``curve.csv``, a table in ``report.md``; :mod:`finexp.learning_curve`).
+    """
     root = Path(root).resolve()
     out = Path(out_dir) if out_dir else root
     out.mkdir(parents=True, exist_ok=True)
@@ -271,7 +281,16 @@ def write_report(
         raise FinexpError(f"{root}: no runs found (no run_info.json or error.json below it)")
     frame = summarize(runs, by, x)
     frame.to_csv(out / "report.csv", index=False)
-    (out / "report.md").write_text(_markdown(frame, runs, by, root))
+    markdown = _markdown(frame, runs, by, root)
+    if curve:
+        from finexp.learning_curve import curve_markdown, learning_curve, plot_curve
+
+        points = learning_curve(runs, by, x)
+        points.to_csv(out / "curve.csv", index=False)
+        markdown += f"\n## Learning curve: {x}\n\n" + curve_markdown(points, by, x)
+        if not points.empty:
+            plot_curve(points, by, x, str(out / "curve.png"), scale)
+    (out / "report.md").write_text(markdown)
     if not frame.empty:
         _plot(frame, by, x, out / "report.png", scale)
     return frame
@@ -289,10 +308,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--by", default="adapter", help=by_help)
     parser.add_argument("--x", default=DEFAULT_X, help=x_help)
     parser.add_argument("--x-scale", choices=("auto", "log", "linear"), default="auto")
+    curve_help = "also draw a learning curve: the primary metric against --x, one line per --by value (curve.png)"
+    parser.add_argument("--curve", action="store_true", help=curve_help)
     parser.add_argument("--out", default=None, help="where to write report.* (default: runs_dir)")
     args = parser.parse_args(argv)
     try:
-        frame = write_report(args.runs_dir, args.out, args.by, args.x, args.x_scale)
+        frame = write_report(args.runs_dir, args.out, args.by, args.x, args.x_scale, args.curve)
     except FinexpError as err:
         print(f"finexp-report: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -29,9 +29,11 @@ from pytorch_lightning.utilities import rank_zero_only
 from finexp import FinexpError, build
 from finexp.adapters import count_parameters
 from finexp.analysis import AnalysisOptions, analyze
+from finexp.analysis.regression import analyze_regression, predict_targets
 from finexp.baselines import run_baseline
-from finexp.callbacks import RunCosts
+from finexp.callbacks import run_costs
 from finexp.config import config_dir, validate_config
+from finexp.models.init_from import settle_head
 from finexp.records import run_info, write_json
 from finexp.resume import clear_outcome, failure_record, plan_rerun, tracking_run_id
 
@@ -61,11 +63,6 @@ def _wandb_hint(trainer: pl.Trainer) -> str | None:
     return None
 
 
-def _run_costs(trainer: pl.Trainer) -> dict[str, float]:
-    """What :class:`~finexp.callbacks.RunCosts` measured (time, throughput, memory, checkpoint size), if it ran."""
-    return next((dict(cb.records) for cb in trainer.callbacks if isinstance(cb, RunCosts)), {})
-
-
 def _command() -> str | None:
     """The command line that reproduces this run (None when the config was composed in Python)."""
     if not HydraConfig.initialized():
@@ -90,6 +87,31 @@ def _trust_report(
         loggers=trainer.loggers,
         title=f"finexp run report: {cfg.run_name}",
     )
+
+
+def _regression_report(
+    cfg: DictConfig, module: pl.LightningModule, datamodule: Any, trainer: pl.Trainer, metrics: dict, resolved: Any
+) -> dict[str, float]:
+    """Errors, residual plot and error by target decile of the best checkpoint on test (val with ``test=false``)."""
+    split = "test" if cfg.test else "val"
+    targets, predictions = predict_targets(module, getattr(datamodule, f"{split}_dataloader")())
+    return analyze_regression(
+        cfg.paths.output_dir,
+        targets,
+        predictions,
+        cfg.task.label_column,
+        split=split,
+        config={**resolved, "choices": _hydra_choices()},
+        metrics=metrics,
+        command=_command(),
+        loggers=trainer.loggers,
+        title=f"finexp run report: {cfg.run_name}",
+        rows_per_split={name: len(ds) for name, ds in datamodule.datasets.items()},
+        fingerprints=datamodule.fingerprints,
+    )
+
+
+REPORTS = {"classification": _trust_report, "regression": _regression_report}  # Problem.report -> writer
 
 
 def _train_baseline(cfg: DictConfig, datamodule: Any, monitor: str, output_dir: Path) -> dict[str, Any]:
@@ -162,6 +184,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.model.kind == "baseline":  # a classic model (model=tfidf_logreg, gbm): same splits, metrics, records
         return _train_baseline(cfg, datamodule, monitor, output_dir)
     model = build.model_from(cfg, datamodule.num_labels, tokenizer)
+    initialized = settle_head(model, datamodule.label_names)  # model.init_from: keep or re-initialise the head
     method, method_records = build.method_from(cfg), {}
     if method is not None:  # method=setfit: stage 1 (contrastive pairs) now; the loop below is stage 2 (the head)
         method_records = method.prepare(
@@ -193,6 +216,8 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
                 "serialized_column_kinds": getattr(datamodule, "serialized_column_kinds", None),  # finexp-predict
                 "rows": {name: len(ds) for name, ds in datamodule.datasets.items()},
                 "sampling": getattr(datamodule, "sampling_record", None),  # data.k_shot / train_fraction / train_size
+                "augment": getattr(datamodule, "augment_record", None),  # data.augment: rows added to train
+                "init_from": initialized,  # model.init_from: the earlier run, and whether its head was kept
                 "privacy": privacy.report(),  # labels randomized and PII masked (DP-SGD's ε: metrics.json)
             },
         )
@@ -208,11 +233,16 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     )
 
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path)
+    federation = None
+    if cfg.get("federated"):  # federated=fedavg|fedprox|...: Flower rounds over simulated clients, not one fit
+        federation = _federate(cfg, module, datamodule, trainer, output_dir)
+    else:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path)
     fit_seconds = time.perf_counter() - started
     train_metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+    costs = run_costs(trainer)  # now: validate/test below replace the callback metrics
 
-    best = _best_checkpoint(trainer)
+    best = federation.best_checkpoint if federation is not None else _best_checkpoint(trainer)
     metrics: dict[str, Any] = {}
     for result in trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False):
         metrics |= result
@@ -223,21 +253,37 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         "status": "completed",
         "monitor": monitor,
         "best_checkpoint": best,
-        "epochs": trainer.current_epoch,
+        "epochs": trainer.current_epoch or int(costs.get("time/epochs", 0)),  # spawned DDP: the ranks' count
         "time/fit_s": fit_seconds,
         **{k: float(v) for k, v in train_metrics.items()},
         **params,
-        **_run_costs(trainer),
+        **costs,
         **privacy.report(),
         **method_records,
+        **(federation.report() if federation is not None else {}),
         **{k: float(v) for k, v in sorted(metrics.items())},
     }
-    if trainer.is_global_zero and cfg.analysis.enabled and build.problem_of(cfg).trust_report:
-        metrics |= _trust_report(cfg, module, datamodule, trainer, metrics, resolved)
+    report = REPORTS.get(build.problem_of(cfg).report or "")
+    if trainer.is_global_zero and cfg.analysis.enabled and report is not None:
+        metrics |= report(cfg, module, datamodule, trainer, metrics, resolved)
     if trainer.is_global_zero:
         write_json(output_dir / "metrics.json", metrics)
         _print_summary(metrics, output_dir, _wandb_hint(trainer))
     return metrics
+
+
+def _federate(
+    cfg: DictConfig, module: pl.LightningModule, datamodule: Any, trainer: pl.Trainer, output_dir: Path
+) -> Any:
+    """Federated training (``federated=...``): Flower rounds, then the best and last global models saved as this run's
+    checkpoints (so validation, test, the report, finexp-eval and finexp-export read them as any run's)."""
+    from finexp.federated.simulation import save_checkpoints
+
+    federation = build.federation_from(cfg, module, datamodule, trainer.loggers).run()
+    save_checkpoints(trainer, module, datamodule, federation)
+    if trainer.is_global_zero:
+        federation.write(output_dir / "federation.json")
+    return federation
 
 
 def _print_summary(metrics: dict[str, Any], output_dir: Path, wandb_hint: str | None) -> None:

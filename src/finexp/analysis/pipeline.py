@@ -67,7 +67,8 @@ def predict(model: nn.Module, loader: DataLoader) -> Predictions:
     index, probs, labels = [], [], []
     try:
         for batch in loader:
-            logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            fused = [batch["features"].to(device)] if "features" in batch else []  # model.fusion: numeric columns
+            logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), *fused)
             probs.append(logits.float().softmax(-1).cpu())
             index.append(batch["index"])
             labels.append(batch["labels"])

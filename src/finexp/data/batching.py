@@ -15,15 +15,29 @@ from torch.utils.data import Dataset, Sampler
 
 
 class TokenizedDataset(Dataset):
-    """Token ids of every row, stored flat (one tensor plus offsets), with one label id per row."""
+    """Token ids of every row, stored flat (one tensor plus offsets), with one target per row.
 
-    def __init__(self, input_ids: Sequence[Sequence[int]], labels: Sequence[int]) -> None:
+    Targets are class ids (int), or floats (a regression target; a 0/1 vector per row for multi-label), kept as
+    given. ``features``: optional numeric columns ``(rows, k)`` served as ``row["features"]`` (fusion models).
+    """
+
+    def __init__(
+        self,
+        input_ids: Sequence[Sequence[int]],
+        labels: Sequence[int] | Sequence[float] | Sequence[Sequence[float]],
+        features: torch.Tensor | None = None,
+    ) -> None:
         if len(input_ids) != len(labels):
             raise ValueError(f"{len(input_ids)} token rows but {len(labels)} labels")
+        if features is not None and len(features) != len(labels):
+            raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
         lengths = torch.tensor([len(row) for row in input_ids], dtype=torch.long)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
         self.ids = torch.tensor([t for row in input_ids for t in row], dtype=torch.long)
-        self.labels = torch.as_tensor(list(labels), dtype=torch.long)
+        targets = torch.as_tensor(list(labels))
+        floating = targets.is_floating_point() and targets.numel() > 0  # a regression target or a multi-hot row
+        self.labels = targets.float() if floating else targets.long()
+        self.features = features
 
     @property
     def lengths(self) -> list[int]:
@@ -34,7 +48,10 @@ class TokenizedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         start, end = self.offsets[index], self.offsets[index + 1]
-        return {"input_ids": self.ids[start:end], "label": self.labels[index], "index": index}
+        row = {"input_ids": self.ids[start:end], "label": self.labels[index], "index": index}
+        if self.features is not None:
+            row["features"] = self.features[index]
+        return row
 
 
 def tokenize_cached(
@@ -114,9 +131,14 @@ class PadCollator:
             n = len(row["input_ids"])
             input_ids[i, :n] = row["input_ids"]
             attention_mask[i, :n] = 1
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
-            "labels": torch.tensor([int(r["label"]) for r in rows], dtype=torch.long),
+            "labels": torch.stack([torch.as_tensor(r["label"]) for r in rows])
+            if rows
+            else torch.zeros(0, dtype=torch.long),
             "index": torch.tensor([int(r["index"]) for r in rows], dtype=torch.long),
         }
+        if rows and "features" in rows[0]:
+            batch["features"] = torch.stack([r["features"] for r in rows])
+        return batch

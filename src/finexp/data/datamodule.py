@@ -8,13 +8,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader, Sampler, SequentialSampler
 
+from finexp.data.augment import Augmenter
 from finexp.data.batching import LengthGroupedSampler, PadCollator, TokenizedDataset, tokenize_cached
+from finexp.data.few_shot import SamplingPolicy, apply_sampling
 from finexp.data.folds import cross_validation_fold
-from finexp.data.serialize import RowSerializer
+from finexp.data.serialize import RowSerializer, column_kinds
 from finexp.data.sources import DataError, read_rdataset, read_table, require_columns
-from finexp.data.splits import Splits, fingerprint, stratified_split, stratified_subsample, time_ordered_split
+from finexp.data.splits import Splits, fingerprint, stratified_split, time_ordered_split
 
 
 @dataclass
@@ -76,6 +79,13 @@ class ClassificationDataModule(pl.LightningDataModule):
             split only (label DP); validation and test labels stay as read.
         train_batch_sampler: privacy hook ``(rows, batch_size, seed) -> batch sampler`` replacing the training
             order (DP-SGD's Poisson sampling); batches may then be empty.
+        sampling: few-shot / reduced-data training set (``data.k_shot``, ``data.train_fraction``,
+            ``data.train_size``), applied after the split; what was kept is in ``sampling_record``.
+        augment: adds augmented copies of the training rows (after ``sampling``; val and test never); what was
+            added is in ``augment_record``.
+        numeric_columns: table columns also served as raw numbers (``batch["features"]``, NaN where missing) for a
+            model that fuses them with the text (``model.fusion``); :meth:`numeric_statistics` gives their train
+            mean and standard deviation.
     """
 
     def __init__(
@@ -96,6 +106,9 @@ class ClassificationDataModule(pl.LightningDataModule):
         preprocess: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
         train_label_transform: Callable[[list[int], list[str], int], list[int]] | None = None,
         train_batch_sampler: Callable[[int, int, int], Sampler[list[int]]] | None = None,
+        sampling: SamplingPolicy | None = None,
+        augment: Augmenter | None = None,
+        numeric_columns: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
@@ -113,12 +126,18 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.preprocess = preprocess
         self.train_label_transform = train_label_transform
         self.train_batch_sampler = train_batch_sampler
+        self.sampling = sampling
+        self.augment = augment
+        self.augment_record: dict[str, object] | None = None
+        self.numeric_columns = list(numeric_columns or [])
+        self.sampling_record: dict[str, object] | None = None  # rows kept per class by `sampling` (run_info.json)
         self.splits: Splits | None = None
         self.texts: dict[str, list[str]] = {}
         self.datasets: dict[str, TokenizedDataset] = {}
         self.label_names: list[str] = list(label_names or [])
         self.fingerprints: dict[str, str] = {}
         self.serialized_columns: list[str] = []  # table tasks: the columns written into the text, in order
+        self.serialized_column_kinds: dict[str, str] = {}  # table tasks: number | boolean | text, seen in train
 
     # ----------------------------------------------------------------------------------------------------------
     # Reading and checking
@@ -129,19 +148,53 @@ class ClassificationDataModule(pl.LightningDataModule):
         else:
             frame, origin = read_table(path), str(path)
         cols = self.columns
-        wanted = {"task.label_column": cols.label, "task.text_column": cols.text}
+        wanted = {**self._label_sources(), "task.text_column": cols.text}
         wanted |= {f"task.feature_columns[{i}]": c for i, c in enumerate(cols.features or [])}
         wanted |= {f"task.exclude_columns[{i}]": c for i, c in enumerate(cols.exclude)}
         wanted |= {"task.sensitive_column": cols.sensitive, "data.time_column": self.split.time_column}
+        wanted |= {f"task.numeric_columns[{i}]": c for i, c in enumerate(self.numeric_columns)}
         require_columns(frame, wanted, origin)
-        self._check_missing(frame, cols.label, origin, "label")
         if cols.text is not None:
             self._check_missing(frame, cols.text, origin, "text")
-        frame = frame.copy()
-        frame[cols.label] = frame[cols.label].map(_label_name)
-        if self.split.max_rows is not None:
-            frame = stratified_subsample(frame, cols.label, self.split.max_rows, self.split.seed)
+        frame = self._read_labels(frame.copy(), origin)
+        if self.split.max_rows is not None and self.split.max_rows < len(frame):
+            frame = self._split_off(frame, self.split.max_rows / len(frame), "data.max_rows subsample")[1]
         return frame.reset_index(drop=True), origin
+
+    # ----------------------------------------------------------------------------------------------------------
+    # What a label is: a subclass for another kind of target overrides these (finexp.tasks.regression,
+    # finexp.tasks.multilabel); everything else (reading, splitting, serializing, tokenizing, batching) is shared.
+    # ----------------------------------------------------------------------------------------------------------
+    def _label_sources(self) -> dict[str, str]:
+        """The columns the labels are read from, by the config key that names them (for a missing-column error)."""
+        return {"task.label_column": self.columns.label}
+
+    def _read_labels(self, frame: pd.DataFrame, origin: str) -> pd.DataFrame:
+        """The label column as read, checked (none missing) and normalised: class names are strings (1.0 from a CSV
+        with gaps is "1")."""
+        self._check_missing(frame, self.columns.label, origin, "label")
+        frame[self.columns.label] = frame[self.columns.label].map(_label_name)
+        return frame
+
+    def _split_off(self, frame: pd.DataFrame, fraction: float, what: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Split off ``fraction`` of the rows, stratified by class; returns (rest, split)."""
+        return stratified_split(frame, self.columns.label, fraction, self.split.seed, what)
+
+    def _check_labels(self, splits: Splits) -> None:
+        """Every split's labels must be known to the model (``label_names``)."""
+        label = self.columns.label
+        for name, frame in splits.items():
+            unseen = sorted(set(frame[label]) - set(self.label_names))
+            if unseen:
+                raise DataError(
+                    f"the {name} split has label(s) never seen in training: {', '.join(map(repr, unseen))}; "
+                    f"known labels: {', '.join(self.label_names)}"
+                )
+
+    def _targets(self, frame: pd.DataFrame) -> list:
+        """What the model is trained towards, one per row: the class id."""
+        index = {name: i for i, name in enumerate(self.label_names)}
+        return frame[self.columns.label].map(index).tolist()
 
     @staticmethod
     def _check_missing(frame: pd.DataFrame, column: str, origin: str, what: str) -> None:
@@ -157,7 +210,7 @@ class ClassificationDataModule(pl.LightningDataModule):
             )
 
     def _make_splits(self) -> Splits:
-        src, policy, label = self.source, self.split, self.columns.label
+        src, policy = self.source, self.split
         if src.test_path and not (src.train_path or src.path or src.rdataset):  # evaluation of a given file
             test, _ = self._read(src.test_path)
             return Splits(test.iloc[:0], test.iloc[:0], test)
@@ -167,17 +220,17 @@ class ClassificationDataModule(pl.LightningDataModule):
                 return Splits(
                     *time_ordered_split(frame, policy.time_column, policy.val_size, policy.test_size, policy.test_from)
                 )
-            rest, test = stratified_split(frame, label, policy.test_size, policy.seed, "test")
+            rest, test = self._split_off(frame, policy.test_size, "test")
             val_fraction = policy.val_size / (1 - policy.test_size)
-            train, val = stratified_split(rest, label, val_fraction, policy.seed, "val")
+            train, val = self._split_off(rest, val_fraction, "val")
             return Splits(train, val, test)
         train, _ = self._read(src.train_path)
         if src.test_path is None:
-            train, test = stratified_split(train, label, policy.test_size, policy.seed, "test")
+            train, test = self._split_off(train, policy.test_size, "test")
         else:
             test, _ = self._read(src.test_path)
         if src.val_path is None:
-            train, val = stratified_split(train, label, policy.val_size, policy.seed, "val")
+            train, val = self._split_off(train, policy.val_size, "val")
         else:
             val, _ = self._read(src.val_path)
         return Splits(train, val, test)
@@ -228,33 +281,64 @@ class ClassificationDataModule(pl.LightningDataModule):
                 splits, self.columns.label, policy.cv_folds, policy.cv_fold, policy.seed, policy.time_column
             )
         label = self.columns.label
+        if self.sampling is not None and self.sampling.active and not splits.train.empty:
+            classes = label if self.sampling.by_class else None  # regression targets, label sets: no classes
+            train, val, self.sampling_record = apply_sampling(splits.train, splits.val, self.sampling, classes)
+            splits = Splits(train, val, splits.test)
+        if self.augment is not None and self.augment.copies > 0 and not splits.train.empty:
+            numeric = []
+            if self.columns.text is None:  # table rows: jitter the numeric features that become text
+                features = self._serializer(splits.train).columns
+                numeric = [c for c in features if pd.api.types.is_numeric_dtype(splits.train[c])]
+            train, self.augment_record = self.augment(splits.train, self.columns.text, numeric)
+            splits = Splits(train, splits.val, splits.test)
         for name, frame in splits.items():
             if frame.empty and not (self.label_names and name != "test"):
                 raise DataError(f"the {name} split is empty; use more data or other split sizes")
         if not self.label_names:
             self.label_names = self._label_order(splits.train[label])
-        index = {name: i for i, name in enumerate(self.label_names)}
-        for name, frame in splits.items():
-            unseen = sorted(set(frame[label]) - set(index))
-            if unseen:
-                raise DataError(
-                    f"the {name} split has label(s) never seen in training: {', '.join(map(repr, unseen))}; "
-                    f"known labels: {', '.join(self.label_names)}"
-                )
+        self._check_labels(splits)
         if self.preprocess is not None:
             splits = Splits(*(self.preprocess(frame) for _, frame in splits.items()))
         serialize = None if self.columns.text is not None else self._serializer(splits.train)
         self.serialized_columns = serialize.columns if serialize is not None else []
+        self.serialized_column_kinds = column_kinds(splits.train, self.serialized_columns) if serialize else {}
         for name, frame in splits.items():
             texts = frame[self.columns.text].astype(str).tolist() if serialize is None else serialize(frame)
-            labels = frame[label].map(index).tolist()
+            labels = self._targets(frame)
             self.texts[name] = texts
             self.fingerprints[name] = fingerprint(texts, labels)
             if name == "train" and self.train_label_transform is not None:
                 labels = self.train_label_transform(labels, texts, len(self.label_names))
             ids = tokenize_cached(self.tokenizer, texts, self.max_length, self.cache_dir)
-            self.datasets[name] = TokenizedDataset(ids, labels)
+            self.datasets[name] = TokenizedDataset(ids, labels, self._numeric(frame, name))
         self.splits = splits
+
+    def _numeric(self, frame: pd.DataFrame, split: str) -> torch.Tensor | None:
+        """The ``numeric_columns`` of a split as a float tensor (rows, columns); missing values are NaN."""
+        if not self.numeric_columns:
+            return None
+        values = frame[self.numeric_columns].apply(pd.to_numeric, errors="coerce")
+        for column in self.numeric_columns:
+            bad = values[column].isna() & frame[column].notna()
+            if bad.any():
+                examples = frame.loc[bad, column].astype(str).unique()[:3].tolist()
+                raise DataError(
+                    f"task.numeric_columns: column {column!r} of the {split} split holds non-numeric values "
+                    f"(e.g. {examples}); list only numeric columns"
+                )
+        return torch.tensor(values.to_numpy(dtype="float64"), dtype=torch.float32)
+
+    def numeric_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and standard deviation of each numeric column on the train split (missing values ignored)."""
+        features = self.datasets["train"].features
+        if features is None:
+            raise DataError("no numeric columns: set numeric_columns (task.numeric_columns)")
+        observed = ~features.isnan()
+        count = observed.sum(0).clamp(min=1)
+        mean = features.nan_to_num().sum(0) / count
+        var = ((features - mean).nan_to_num() ** 2).sum(0) / count
+        return mean, var.sqrt()
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare()

@@ -65,3 +65,17 @@ class RowSerializer:
             ]
             texts.append(self.separator.join(parts))
         return texts
+
+
+def column_kinds(frame: pd.DataFrame, columns: Sequence[str]) -> dict[str, str]:
+    """What each column held in ``frame``: ``number``, ``boolean`` or ``text`` (prediction checks new rows with it)."""
+    kinds = {}
+    for column in columns:
+        dtype = frame[column].dtype
+        if pd.api.types.is_bool_dtype(dtype):
+            kinds[column] = "boolean"
+        elif pd.api.types.is_numeric_dtype(dtype):
+            kinds[column] = "number"
+        else:
+            kinds[column] = "text"
+    return kinds

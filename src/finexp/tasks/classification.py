@@ -51,11 +51,15 @@ class SequenceClassificationModule(pl.LightningModule):
         # Token bookkeeping for the pad-fraction and throughput figures.
         self.register_buffer("_tokens", torch.zeros(2, dtype=torch.long), persistent=False)  # [real, padded]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if features is None:  # text only (adapters/explanations may wrap a model that takes no `features`)
+            return self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, features=features)
 
     def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self(batch["input_ids"], batch["attention_mask"])
+        logits = self(batch["input_ids"], batch["attention_mask"], batch.get("features"))
         return self.loss_fn(logits, batch["labels"]), logits
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
@@ -99,7 +103,7 @@ class SequenceClassificationModule(pl.LightningModule):
         self.test_metrics.reset()
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        logits = self(batch["input_ids"], batch["attention_mask"])
+        logits = self(batch["input_ids"], batch["attention_mask"], batch.get("features"))
         return {"index": batch["index"], "probs": logits.softmax(-1), "labels": batch["labels"]}
 
     def configure_optimizers(self) -> dict:
