@@ -328,6 +328,22 @@ def _encoder(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
     return build_encoder(m.name_or_path, _plain(m.architecture), len(tokenizer), m.local_files_only)
 
 
+def _splits_and_batches(cfg: DictConfig) -> dict[str, Any]:
+    """The ``data.*`` settings every file-reading datamodule shares: split sizes and seed, truncation, batching."""
+    data = cfg.data
+    return {
+        "val_size": data.val_size,
+        "test_size": data.test_size,
+        "split_seed": data.split_seed,
+        "max_length": data.max_length,
+        "batch_size": data.batch_size,
+        "eval_batch_size": data.eval_batch_size,
+        "group_by_length": data.group_by_length,
+        "num_workers": data.num_workers,
+        "seed": cfg.get("seed", 0),
+    }
+
+
 def token_classification_datamodule(
     cfg: DictConfig,
     tokenizer: PreTrainedTokenizerBase,
@@ -338,20 +354,11 @@ def token_classification_datamodule(
     """CoNLL files -> sentences of sub-word tokens, each word's tag on its first sub-token (privacy: none)."""
     from finexp.data.ner import TokenClassificationDataModule
 
-    data = cfg.data
     return TokenClassificationDataModule(
         tokenizer,
         _data_source(cfg, source),
         scheme=cfg.task.scheme,
-        val_size=data.val_size,
-        test_size=data.test_size,
-        split_seed=data.split_seed,
-        max_length=data.max_length,
-        batch_size=data.batch_size,
-        eval_batch_size=data.eval_batch_size,
-        group_by_length=data.group_by_length,
-        num_workers=data.num_workers,
-        seed=cfg.get("seed", 0),
+        **_splits_and_batches(cfg),
         label_names=label_names,
     )
 
@@ -436,21 +443,12 @@ def generation_datamodule(
     """Prompt/response rows (``task.text_column``/``task.label_column``) -> ``[bos] prompt response [eos]``."""
     from finexp.data.generation import GenerationDataModule
 
-    data = cfg.data
     return GenerationDataModule(
         tokenizer,
         _data_source(cfg, source),
         prompt_column=cfg.task.text_column,
         response_column=cfg.task.label_column,
-        val_size=data.val_size,
-        test_size=data.test_size,
-        split_seed=data.split_seed,
-        max_length=data.max_length,
-        batch_size=data.batch_size,
-        eval_batch_size=data.eval_batch_size,
-        group_by_length=data.group_by_length,
-        num_workers=data.num_workers,
-        seed=cfg.get("seed", 0),
+        **_splits_and_batches(cfg),
     )
 
 

@@ -7,11 +7,13 @@ length are batched together, so little compute is spent on pad tokens.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import pytorch_lightning as pl
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 
 class TokenizedDataset(Dataset):
@@ -142,3 +144,48 @@ class PadCollator:
         if rows and "features" in rows[0]:
             batch["features"] = torch.stack([r["features"] for r in rows])
         return batch
+
+
+class SplitLoaders(pl.LightningDataModule):
+    """The dataloaders of a datamodule that holds its splits in ``self.datasets`` (name -> dataset with ``lengths``).
+
+    The train split comes in length-grouped, reshuffled batches (``group_by_length=False``: plainly shuffled);
+    val and test in dataset order. A subclass says how its rows are padded (:meth:`collate`) and sets
+    ``datasets``, ``batch_size``, ``eval_batch_size``, ``group_by_length``, ``seed`` and ``num_workers``.
+    """
+
+    datasets: dict[str, Any]
+    batch_size: int
+    eval_batch_size: int
+    group_by_length: bool
+    seed: int
+    num_workers: int
+
+    def collate(self, name: str) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+        """The collator of split ``name``."""
+        raise NotImplementedError
+
+    def _loader(self, name: str, batch_size: int, train: bool) -> DataLoader:
+        dataset = self.datasets[name]
+        if train:
+            window = 50 if self.group_by_length else 0
+            sampler = LengthGroupedSampler(dataset.lengths, batch_size, seed=self.seed, window_batches=window)
+        else:
+            sampler = SequentialSampler(dataset)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=self.collate(name),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, train=False)

@@ -7,12 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Sampler
 
 from finexp.data.augment import Augmenter
-from finexp.data.batching import LengthGroupedSampler, PadCollator, TokenizedDataset, tokenize_cached
+from finexp.data.batching import PadCollator, SplitLoaders, TokenizedDataset, tokenize_cached
 from finexp.data.few_shot import SamplingPolicy, apply_sampling
 from finexp.data.folds import cross_validation_fold
 from finexp.data.serialize import RowSerializer, column_kinds
@@ -56,7 +55,7 @@ class SplitPolicy:
     cv_fold: int = 0
 
 
-class ClassificationDataModule(pl.LightningDataModule):
+class ClassificationDataModule(SplitLoaders):
     """Reads, checks, splits, serializes and tokenizes the data once; serves length-grouped, padded batches.
 
     Call :meth:`prepare` (Lightning's ``setup`` does it too) before reading ``label_names``.
@@ -351,39 +350,20 @@ class ClassificationDataModule(pl.LightningDataModule):
         counts = self.datasets["train"].labels.bincount(minlength=self.num_labels)
         return counts.tolist()
 
+    def collate(self, name: str) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+        return PadCollator(self.tokenizer.pad_token_id)
+
     def _loader(self, name: str, batch_size: int, train: bool) -> DataLoader:
-        dataset = self.datasets[name]
-        if train and self.train_batch_sampler is not None:
-            return DataLoader(
-                dataset,
-                batch_sampler=self.train_batch_sampler(len(dataset), batch_size, self.seed),
-                collate_fn=PadCollator(self.tokenizer.pad_token_id),
-                num_workers=self.num_workers,
-                persistent_workers=self.num_workers > 0,
-            )
-        if train and self.group_by_length:
-            sampler = LengthGroupedSampler(dataset.lengths, batch_size, seed=self.seed)
-        elif train:
-            sampler = LengthGroupedSampler(dataset.lengths, batch_size, seed=self.seed, window_batches=0)
-        else:
-            sampler = SequentialSampler(dataset)
+        if not (train and self.train_batch_sampler is not None):
+            return super()._loader(name, batch_size, train)
+        dataset = self.datasets[name]  # DP-SGD: batches of the privacy plan's sampler (Poisson sampling)
         return DataLoader(
             dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=PadCollator(self.tokenizer.pad_token_id),
+            batch_sampler=self.train_batch_sampler(len(dataset), batch_size, self.seed),
+            collate_fn=self.collate(name),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, train=False)
 
 
 def _label_name(value: object) -> str:

@@ -8,15 +8,14 @@ teaches the model to stop) is learned.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pandas as pd
-import pytorch_lightning as pl
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, SequentialSampler
+from torch.utils.data import Dataset
 
-from finexp.data.batching import LengthGroupedSampler
+from finexp.data.batching import SplitLoaders
 from finexp.data.datamodule import ClassificationDataModule, DataSource
 from finexp.data.ner import IGNORE, TokenPadCollator
 from finexp.data.sources import DataError, read_table, require_columns
@@ -89,7 +88,7 @@ class PromptCollator(TokenPadCollator):
         return batch
 
 
-class GenerationDataModule(pl.LightningDataModule):
+class GenerationDataModule(SplitLoaders):
     """Reads prompt/response pairs (CSV, TSV, JSONL, Parquet), splits them, tokenizes them once.
 
     Args:
@@ -205,27 +204,5 @@ class GenerationDataModule(pl.LightningDataModule):
     def num_labels(self) -> int:
         return 0
 
-    def _loader(self, name: str, batch_size: int, train: bool) -> DataLoader:
-        dataset = self.datasets[name]
-        if train:
-            window = 50 if self.group_by_length else 0
-            sampler = LengthGroupedSampler(dataset.lengths, batch_size, seed=self.seed, window_batches=window)
-        else:
-            sampler = SequentialSampler(dataset)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=PromptCollator(self.tokenizer.pad_token_id, dataset.prompt_lengths),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, train=False)
+    def collate(self, name: str) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+        return PromptCollator(self.tokenizer.pad_token_id, self.datasets[name].prompt_lengths)

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, SequentialSampler
+from torch.utils.data import Dataset
 
-from finexp.data.batching import LengthGroupedSampler
+from finexp.data.batching import SplitLoaders
 from finexp.data.datamodule import DataSource
 from finexp.data.sources import DataError
 from finexp.data.splits import fingerprint
@@ -173,7 +172,7 @@ class TokenPadCollator:
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "index": index}
 
 
-class TokenClassificationDataModule(pl.LightningDataModule):
+class TokenClassificationDataModule(SplitLoaders):
     """CoNLL sentences -> sub-word tokens with one label per word (on its first sub-token).
 
     Args:
@@ -314,27 +313,5 @@ class TokenClassificationDataModule(pl.LightningDataModule):
     def entity_types(self) -> list[str]:
         return [tag[2:] for tag in self.label_names if tag.startswith("B-")]
 
-    def _loader(self, name: str, batch_size: int, train: bool) -> DataLoader:
-        dataset = self.datasets[name]
-        if train:
-            window = 50 if self.group_by_length else 0
-            sampler = LengthGroupedSampler(dataset.lengths, batch_size, seed=self.seed, window_batches=window)
-        else:
-            sampler = SequentialSampler(dataset)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=TokenPadCollator(self.tokenizer.pad_token_id),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, train=False)
+    def collate(self, name: str) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+        return TokenPadCollator(self.tokenizer.pad_token_id)

@@ -9,13 +9,11 @@ back to one prediction per document (:mod:`finexp.tasks.long_document`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, SequentialSampler
 
-from finexp.data.batching import LengthGroupedSampler, PadCollator, TokenizedDataset
+from finexp.data.batching import PadCollator, SplitLoaders, TokenizedDataset
 from finexp.data.datamodule import ClassificationDataModule
 from finexp.data.sources import DataError
 
@@ -78,7 +76,7 @@ class WindowCollator(PadCollator):
         return batch
 
 
-class LongDocumentDataModule(pl.LightningDataModule):
+class LongDocumentDataModule(SplitLoaders):
     """Documents (read and split by ``documents``) served as overlapping windows.
 
     Args:
@@ -161,27 +159,5 @@ class LongDocumentDataModule(pl.LightningDataModule):
         """Documents per class in the train split (class weights count documents, not windows)."""
         return self.documents.class_counts()
 
-    def _loader(self, name: str, batch_size: int, train: bool) -> DataLoader:
-        dataset = self.datasets[name]
-        if train:
-            window = 50 if self.group_by_length else 0
-            sampler = LengthGroupedSampler(dataset.lengths, batch_size, seed=self.seed, window_batches=window)
-        else:
-            sampler = SequentialSampler(dataset)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            collate_fn=WindowCollator(self.tokenizer.pad_token_id, dataset.docs),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.eval_batch_size, train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.eval_batch_size, train=False)
+    def collate(self, name: str) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+        return WindowCollator(self.tokenizer.pad_token_id, self.datasets[name].docs)
