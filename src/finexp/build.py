@@ -163,14 +163,27 @@ def model_from(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerB
 def classification_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase) -> SequenceClassifier:
     """Encoder + pooling + linear head over ``num_labels`` outputs, with the adapter applied."""
     m = cfg.model
-    encoder = build_encoder(m.name_or_path, _plain(m.architecture), len(tokenizer), m.local_files_only)
     fused = len(fusion_columns(cfg))
-    model = SequenceClassifier(encoder, num_labels, pooling=m.pooling, dropout=m.dropout, numeric_features=fused)
-    model.train()  # from_pretrained returns eval mode; Lightning keeps modes as it finds them (dropout would be off)
+    model = SequenceClassifier(
+        _encoder(cfg, tokenizer), num_labels, pooling=m.pooling, dropout=m.dropout, numeric_features=fused
+    )
     if OmegaConf.select(m, "init_from"):  # continual fine-tuning: an earlier run's weights, before the adapter
         load_encoder(model, read_initial_weights(m.init_from))
-    apply_adapter = instantiate(cfg.adapter, _convert_="all")
-    return apply_adapter(model)
+    return _with_adapter(cfg, model)
+
+
+def _with_adapter(cfg: DictConfig, model: nn.Module) -> nn.Module:
+    """``model`` in training mode with ``cfg.adapter`` applied (what trains is decided here)."""
+    model.train()  # from_pretrained returns eval mode; Lightning keeps modes as it finds them (dropout would be off)
+    return instantiate(cfg.adapter, _convert_="all")(model)
+
+
+def _optimization(cfg: DictConfig) -> dict[str, Any]:
+    """A module's ``optimizer`` and ``scheduler`` factories (``conf/optimizer``, ``conf/scheduler``)."""
+    return {
+        "optimizer": instantiate(cfg.optimizer, _convert_="all"),
+        "scheduler": instantiate(cfg.scheduler, _convert_="all"),
+    }
 
 
 def class_weights(mode: str | None, counts: list[int]) -> list[float] | None:
@@ -233,8 +246,7 @@ def distillation_module(
         cached_teacher_logits(cache, key, label_train_split),
         temperature=distill.temperature,
         alpha=distill.alpha,
-        optimizer=instantiate(cfg.optimizer, _convert_="all"),
-        scheduler=instantiate(cfg.scheduler, _convert_="all"),
+        **_optimization(cfg),
         class_weights=class_weights(cfg.task.class_weights, datamodule.class_counts()),
     )
 
@@ -245,8 +257,7 @@ def classification_module(
     return SequenceClassificationModule(
         model,
         datamodule.label_names,
-        optimizer=instantiate(cfg.optimizer, _convert_="all"),
-        scheduler=instantiate(cfg.scheduler, _convert_="all"),
+        **_optimization(cfg),
         class_weights=class_weights(cfg.task.class_weights, datamodule.class_counts()),
     )
 
@@ -367,9 +378,7 @@ def token_classification_model(cfg: DictConfig, num_labels: int, tokenizer: PreT
     """Encoder + a linear head on every token, with the adapter applied."""
     from finexp.models.token_classifier import TokenClassifier
 
-    model = TokenClassifier(_encoder(cfg, tokenizer), num_labels, dropout=cfg.model.dropout)
-    model.train()  # from_pretrained returns eval mode
-    return instantiate(cfg.adapter, _convert_="all")(model)
+    return _with_adapter(cfg, TokenClassifier(_encoder(cfg, tokenizer), num_labels, dropout=cfg.model.dropout))
 
 
 def token_classification_module(cfg: DictConfig, model: nn.Module, datamodule: Any) -> pl.LightningModule:
@@ -378,8 +387,7 @@ def token_classification_module(cfg: DictConfig, model: nn.Module, datamodule: A
     return TokenClassificationModule(
         model,
         datamodule.label_names,
-        optimizer=instantiate(cfg.optimizer, _convert_="all"),
-        scheduler=instantiate(cfg.scheduler, _convert_="all"),
+        **_optimization(cfg),
         report_dir=cfg.paths.output_dir,
     )
 
@@ -424,8 +432,7 @@ def regression_module(cfg: DictConfig, model: nn.Module, datamodule: Any) -> pl.
     return RegressionModule(
         model,
         datamodule.label_names[0],
-        optimizer=instantiate(cfg.optimizer, _convert_="all"),
-        scheduler=instantiate(cfg.scheduler, _convert_="all"),
+        **_optimization(cfg),
         loss=cfg.task.loss,
         huber_delta=cfg.task.huber_delta,
         target_mean=mean,
@@ -459,9 +466,7 @@ def generation_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedToke
 
     m = cfg.model
     lm = build_causal_lm(m.name_or_path, _plain(m.architecture), len(tokenizer), m.local_files_only)
-    model = CausalLM(lm)
-    model.train()  # from_pretrained returns eval mode
-    model = instantiate(cfg.adapter, _convert_="all")(model)
+    model = _with_adapter(cfg, CausalLM(lm))
     partial = any(not p.requires_grad for p in model.encoder.parameters())
     if partial and not cfg.task.generation.train_lm_head:
         model.head.requires_grad_(False)  # the adapters always train `head`; for an LM it is the vocabulary
@@ -481,8 +486,7 @@ def generation_module(cfg: DictConfig, model: nn.Module, datamodule: Any) -> pl.
         model,
         datamodule.tokenizer,
         datamodule.eos,
-        optimizer=instantiate(cfg.optimizer, _convert_="all"),
-        scheduler=instantiate(cfg.scheduler, _convert_="all"),
+        **_optimization(cfg),
         max_new_tokens=gen.max_new_tokens,
         do_sample=gen.do_sample,
         temperature=gen.temperature,
@@ -537,8 +541,7 @@ def long_document_module(cfg: DictConfig, model: nn.Module, datamodule: Any) -> 
         model,
         datamodule.label_names,
         aggregate=cfg.task.window.aggregate,
-        optimizer=instantiate(cfg.optimizer, _convert_="all"),
-        scheduler=instantiate(cfg.scheduler, _convert_="all"),
+        **_optimization(cfg),
         class_weights=class_weights(cfg.task.class_weights, datamodule.class_counts()),
     )
 
@@ -566,8 +569,7 @@ def multilabel_module(cfg: DictConfig, model: nn.Module, datamodule: Any) -> pl.
     return MultiLabelModule(
         model,
         datamodule.label_names,
-        optimizer=instantiate(cfg.optimizer, _convert_="all"),
-        scheduler=instantiate(cfg.scheduler, _convert_="all"),
+        **_optimization(cfg),
     )
 
 
