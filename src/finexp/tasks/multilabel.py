@@ -13,7 +13,6 @@ import re
 from collections.abc import Sequence
 
 import pandas as pd
-import pytorch_lightning as pl
 import torch
 from sklearn.model_selection import train_test_split
 from torch import nn
@@ -23,7 +22,8 @@ from torchmetrics.classification import MultilabelExactMatch, MultilabelF1Score
 from finexp.data.datamodule import ClassificationDataModule
 from finexp.data.sources import DataError
 from finexp.data.splits import Splits
-from finexp.tasks.optimization import OptimizerFactory, SchedulerFactory, configure_optimizers
+from finexp.tasks.optimization import OptimizerFactory, SchedulerFactory
+from finexp.tasks.rows import RowTargetModule
 
 TRUE_VALUES = {"1", "1.0", "true", "yes", "y", "t"}
 FALSE_VALUES = {"0", "0.0", "false", "no", "n", "f", ""}
@@ -158,7 +158,7 @@ def build_multilabel_metrics(label_names: Sequence[str], threshold: float = 0.5)
     )
 
 
-class MultiLabelModule(pl.LightningModule):
+class MultiLabelModule(RowTargetModule):
     """Trains a :class:`~finexp.models.classifier.SequenceClassifier` with one logit per label and BCE.
 
     Args:
@@ -177,17 +177,10 @@ class MultiLabelModule(pl.LightningModule):
         scheduler: SchedulerFactory | None = None,
         threshold: float = 0.5,
     ) -> None:
-        super().__init__()
-        self.model = model
-        self.label_names = list(label_names)
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        metrics = build_multilabel_metrics(list(label_names), threshold)
+        super().__init__(model, list(label_names), metrics, optimizer, scheduler)
         self.threshold = threshold
         self.loss_fn = nn.BCEWithLogitsLoss()
-        metrics = build_multilabel_metrics(self.label_names, threshold)
-        self.train_metrics = metrics.clone(prefix="train/")
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor | None = None
@@ -199,35 +192,8 @@ class MultiLabelModule(pl.LightningModule):
         logits = self(batch["input_ids"], batch["attention_mask"], batch.get("features"))
         return self.loss_fn(logits.float(), batch["labels"].float()), logits.detach().float().sigmoid()
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
-        if batch["labels"].numel() == 0:
-            return None
-        loss, probs = self._step(batch)
-        self.train_metrics.update(probs, batch["labels"].long())
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(probs))
-        return loss
-
-    def on_train_epoch_end(self) -> None:
-        self.log_dict(self.train_metrics.compute(), sync_dist=True)
-        self.train_metrics.reset()
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss, probs = self._step(batch)
-        self.val_metrics.update(probs, batch["labels"].long())
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(probs))
-
-    def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), sync_dist=True)
-        self.val_metrics.reset()
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss, probs = self._step(batch)
-        self.test_metrics.update(probs, batch["labels"].long())
-        self.log("test/loss", loss, sync_dist=True, batch_size=len(probs))
-
-    def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute(), sync_dist=True)
-        self.test_metrics.reset()
+    def _metric_target(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return batch["labels"].long()
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         logits = self(batch["input_ids"], batch["attention_mask"], batch.get("features"))
@@ -249,10 +215,3 @@ class MultiLabelModule(pl.LightningModule):
         for i, name in enumerate(self.label_names):
             frame[f"prob_{name}"] = probs[:, i].numpy()
         return frame
-
-    def configure_optimizers(self) -> dict:
-        return configure_optimizers(self, self.model, self.optimizer_factory, self.scheduler_factory)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Plain strings only, so the checkpoint still loads with torch.load(weights_only=True).
-        checkpoint["finexp"] = {"label_names": list(self.label_names)}

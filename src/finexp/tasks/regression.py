@@ -10,7 +10,6 @@ loss, and reports MAE, RMSE and R² on the original scale.
 from __future__ import annotations
 
 import pandas as pd
-import pytorch_lightning as pl
 import torch
 from sklearn.model_selection import train_test_split
 from torch import nn
@@ -20,7 +19,8 @@ from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, R2Score
 from finexp.data.datamodule import ClassificationDataModule
 from finexp.data.sources import DataError
 from finexp.data.splits import Splits
-from finexp.tasks.optimization import OptimizerFactory, SchedulerFactory, configure_optimizers
+from finexp.tasks.optimization import OptimizerFactory, SchedulerFactory
+from finexp.tasks.rows import RowTargetModule
 
 LOSSES = ("mse", "huber")
 
@@ -85,7 +85,7 @@ def build_regression_metrics() -> MetricCollection:
     return MetricCollection({"mae": MeanAbsoluteError(), "rmse": MeanSquaredError(squared=False), "r2": R2Score()})
 
 
-class RegressionModule(pl.LightningModule):
+class RegressionModule(RowTargetModule):
     """Trains a one-output :class:`~finexp.models.classifier.SequenceClassifier` on a standardized target.
 
     Args:
@@ -112,22 +112,14 @@ class RegressionModule(pl.LightningModule):
         target_mean: float = 0.0,
         target_std: float = 1.0,
     ) -> None:
-        super().__init__()
+        super().__init__(model, [target_name], build_regression_metrics(), optimizer, scheduler)
         if loss not in LOSSES:
             raise ValueError(f"loss={loss!r}: choose one of {', '.join(LOSSES)}")
         if target_std <= 0:
             raise ValueError(f"target_std must be > 0, got {target_std}")
-        self.model = model
-        self.label_names = [target_name]
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.loss_fn = nn.MSELoss() if loss == "mse" else nn.HuberLoss(delta=huber_delta)
         self.register_buffer("target_mean", torch.tensor(float(target_mean)))
         self.register_buffer("target_std", torch.tensor(float(target_std)))
-        metrics = build_regression_metrics()
-        self.train_metrics = metrics.clone(prefix="train/")
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor | None = None
@@ -149,35 +141,8 @@ class RegressionModule(pl.LightningModule):
         target = (batch["labels"].float() - self.target_mean) / self.target_std
         return self.loss_fn(raw.float(), target), self._destandardize(raw.detach())
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
-        if batch["labels"].numel() == 0:  # an empty Poisson-sampled batch
-            return None
-        loss, prediction = self._step(batch)
-        self.train_metrics.update(prediction, batch["labels"].float())
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(prediction))
-        return loss
-
-    def on_train_epoch_end(self) -> None:
-        self.log_dict(self.train_metrics.compute(), sync_dist=True)
-        self.train_metrics.reset()
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss, prediction = self._step(batch)
-        self.val_metrics.update(prediction, batch["labels"].float())
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(prediction))
-
-    def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), sync_dist=True)
-        self.val_metrics.reset()
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss, prediction = self._step(batch)
-        self.test_metrics.update(prediction, batch["labels"].float())
-        self.log("test/loss", loss, sync_dist=True, batch_size=len(prediction))
-
-    def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute(), sync_dist=True)
-        self.test_metrics.reset()
+    def _metric_target(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return batch["labels"].float()
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         prediction = self(batch["input_ids"], batch["attention_mask"], batch.get("features"))
@@ -191,10 +156,3 @@ class RegressionModule(pl.LightningModule):
         target = torch.cat([o["labels"] for o in outputs])[order].float().numpy()
         name = self.label_names[0]
         return pd.DataFrame({"text": texts, name: target, "predicted": prediction, "error": prediction - target})
-
-    def configure_optimizers(self) -> dict:
-        return configure_optimizers(self, self.model, self.optimizer_factory, self.scheduler_factory)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # Plain strings only, so the checkpoint still loads with torch.load(weights_only=True).
-        checkpoint["finexp"] = {"label_names": list(self.label_names)}
