@@ -31,6 +31,7 @@ NEEDS = {
     ("task", "complaint_tags"): ["data.path=x.csv"],
     ("model", "hf"): ["model.name_or_path=some/model"],
     ("experiment", "distill"): ["distill.teacher=teacher.ckpt"],
+    ("method", "prompt"): ["method.verbalizer={no:bad,yes:good}"],
 }
 # Options that need a package finexp does not install (checked by validate_config before anything is built).
 PACKAGES = {("trainer", "deepspeed"): "deepspeed"}

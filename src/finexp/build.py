@@ -155,14 +155,25 @@ def rules_from(cfg: DictConfig) -> RuleSet | None:
     return RuleSet.from_specs(_plain(node.rules), _plain(node.decisions), _plain(node.counts_as), node.name)
 
 
-def model_from(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
-    """The problem type's model with the adapter applied (what trains is decided here)."""
-    return problem_of(cfg).model(cfg, num_labels, tokenizer)
+def model_from(
+    cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase, label_names: list[str] | None = None
+) -> nn.Module:
+    """The problem type's model with the adapter applied (what trains is decided here).
+
+    ``label_names``: the order of the outputs, for models that name their labels (``method=prompt``'s label words).
+    """
+    model = problem_of(cfg).model(cfg, num_labels, tokenizer)
+    if label_names is not None and hasattr(model, "bind_labels"):
+        model.bind_labels(label_names)
+    return model
 
 
 def classification_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase) -> SequenceClassifier:
-    """Encoder + pooling + linear head over ``num_labels`` outputs, with the adapter applied."""
+    """Encoder + pooling + linear head over ``num_labels`` outputs, with the adapter applied (``method=prompt``:
+    a masked LM scoring label words instead)."""
     m = cfg.model
+    if OmegaConf.select(cfg, "method.name") == "prompt":
+        return _with_adapter(cfg, prompt_model(cfg, num_labels, tokenizer))
     fused = len(fusion_columns(cfg))
     model = SequenceClassifier(
         _encoder(cfg, tokenizer), num_labels, pooling=m.pooling, dropout=m.dropout, numeric_features=fused
@@ -170,6 +181,18 @@ def classification_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrained
     if OmegaConf.select(m, "init_from"):  # continual fine-tuning: an earlier run's weights, before the adapter
         load_encoder(model, read_initial_weights(m.init_from))
     return _with_adapter(cfg, model)
+
+
+def prompt_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+    """``method=prompt`` (PET): the model's masked LM, the pattern ``method.template`` and ``method.verbalizer``."""
+    from finexp.models.prompt import PromptClassifier, PromptTemplate, build_masked_lm, verbalizer_ids
+
+    m, method = cfg.model, cfg.method
+    words = verbalizer_ids(tokenizer, _plain(method.verbalizer))
+    if len(words) != num_labels:
+        raise FinexpError(f"method.verbalizer has {len(words)} labels ({', '.join(words)}); the task has {num_labels}")
+    lm = build_masked_lm(m.name_or_path, _plain(m.architecture), len(tokenizer), m.local_files_only)
+    return PromptClassifier(lm, PromptTemplate(tokenizer, method.template), words)
 
 
 def _with_adapter(cfg: DictConfig, model: nn.Module) -> nn.Module:

@@ -317,6 +317,15 @@ class SetFitMethodConfig(MethodConfig):
 
 
 @dataclass
+class PromptMethodConfig(MethodConfig):
+    """``method=prompt``: pattern-exploiting training (PET) on a masked LM (finexp.models.prompt)."""
+
+    name: str = "prompt"
+    template: str = "{text} It was {mask}."  # the cloze pattern: {text} and {mask} exactly once each
+    verbalizer: Any = None  # {label: word, or a list of words (averaged)}; null until set (an override or experiment)
+
+
+@dataclass
 class AnalysisConfig:
     """The trust report of a run (``conf/analysis``; finexp.analysis.AnalysisOptions)."""
 
@@ -495,7 +504,7 @@ ALLOWED = {
     "model.pooling": ("mean", "cls", "last"),
     "model.kind": ("transformer", "baseline"),
     "privacy.name": ("none", "dp_sgd", "label_dp"),
-    "method.name": ("finetune", "setfit"),
+    "method.name": ("finetune", "setfit", "prompt"),
 }
 
 
@@ -526,6 +535,7 @@ def register_configs() -> None:
     cs.store(group="schema/privacy", name="label_dp", node=LabelDPConfig)
     cs.store(group="schema/method", name="method", node=MethodConfig)
     cs.store(group="schema/method", name="setfit", node=SetFitMethodConfig)
+    cs.store(group="schema/method", name="prompt", node=PromptMethodConfig)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -729,6 +739,8 @@ def _validate_sampling(cfg: DictConfig) -> None:
             "must be 0 with privacy=label_dp (each copy would spend the row's label privacy again)",
         )
     method = cfg.get("method")
+    if method is not None and method.name == "prompt":
+        _validate_prompt(cfg)
     if method is None or method.name != "setfit":
         return
     _require(cfg.task.problem == "classification", "method", "setfit", "needs task.problem=classification")
@@ -741,6 +753,26 @@ def _validate_sampling(cfg: DictConfig) -> None:
     _require(method.pair_lr > 0, "method.pair_lr", method.pair_lr, "must be > 0")
     _require(0 <= method.pair_warmup_ratio < 1, "method.pair_warmup_ratio", method.pair_warmup_ratio, "in [0, 1)")
     _require(method.head_init in ("logistic", "random"), "method.head_init", method.head_init, "logistic or random")
+
+
+def _plain_value(node: Any) -> Any:
+    return OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
+
+
+def _validate_prompt(cfg: DictConfig) -> None:
+    """``method=prompt`` (PET): a classification task on a masked-LM encoder, a pattern and one entry per label."""
+    method, name = cfg.method, "prompt"
+    _require(cfg.task.problem == "classification", "method", name, "needs task.problem=classification")
+    _require(cfg.model.get("kind", "transformer") == "transformer", "method", name, "needs a masked-LM encoder")
+    _require(cfg.privacy.name != "dp_sgd", "method", name, "not with privacy=dp_sgd (the MLM head ties weights)")
+    _require(OmegaConf.select(cfg, "model.fusion") is None, "method", name, "not with model.fusion (text only)")
+    _require(not OmegaConf.select(cfg, "model.init_from"), "method", name, "not with model.init_from")
+    template = method.template
+    once = template.count("{text}") == 1 and template.count("{mask}") == 1
+    _require(once, "method.template", template, "needs {text} and {mask} exactly once each")
+    example = "e.g. method.verbalizer='{negative:bad,neutral:okay,positive:good}' (one word per label)"
+    words = method.verbalizer
+    _require(OmegaConf.is_dict(words) and len(words) > 0, "method.verbalizer", _plain_value(words), example)
 
 
 def _validate_distill(cfg: DictConfig) -> None:

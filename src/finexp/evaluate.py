@@ -89,7 +89,7 @@ def load_run(ckpt_path: str, data_path: str | None = None, batch_size: int | Non
     source = DataSource(test_path=data_path) if data_path else None
     datamodule = build.datamodule_from(run_cfg, tokenizer, source=source, label_names=labels)
     datamodule.prepare()
-    model = build.model_from(run_cfg, len(labels), tokenizer)
+    model = build.model_from(run_cfg, len(labels), tokenizer, labels)
     if OmegaConf.select(run_cfg, "task.problem", default="classification") == "classification":
         weight = checkpoint.get("state_dict", {}).get("loss_fn.weight")  # task.class_weights: part of the state
         module = SequenceClassificationModule(model, labels, class_weights=None if weight is None else weight.tolist())

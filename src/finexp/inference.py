@@ -273,7 +273,7 @@ class Predictor:
             preprocess = build.privacy_from(cfg).mask
 
         tokenizer = build.tokenizer_from(cfg)
-        model = build.model_from(cfg, len(labels), tokenizer)
+        model = build.model_from(cfg, len(labels), tokenizer, labels)
         weight = checkpoint.get("state_dict", {}).get("loss_fn.weight")
         module = SequenceClassificationModule(model, labels, class_weights=None if weight is None else weight.tolist())
         load_checkpoint_state(module, checkpoint)  # parameter-efficient checkpoints hold only what trained

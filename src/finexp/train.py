@@ -183,7 +183,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     monitor = build.resolve_monitor(cfg, datamodule.num_labels)
     if cfg.model.kind == "baseline":  # a classic model (model=tfidf_logreg, gbm): same splits, metrics, records
         return _train_baseline(cfg, datamodule, monitor, output_dir)
-    model = build.model_from(cfg, datamodule.num_labels, tokenizer)
+    model = build.model_from(cfg, datamodule.num_labels, tokenizer, datamodule.label_names)
     initialized = settle_head(model, datamodule.label_names)  # model.init_from: keep or re-initialise the head
     method, method_records = build.method_from(cfg), {}
     if method is not None:  # method=setfit: stage 1 (contrastive pairs) now; the loop below is stage 2 (the head)

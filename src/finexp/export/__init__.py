@@ -69,8 +69,13 @@ def load_classifier(ckpt: str | Path) -> tuple[SequenceClassifier, Any, list[str
             f"{ckpt}: finexp-export writes text classifiers; this run has task.problem={problem}, "
             f"model.fusion={fusion} (use finexp-eval, or the checkpoint with finexp)"
         )
+    if OmegaConf.select(cfg, "method.name") == "prompt":
+        raise FinexpError(
+            f"{ckpt}: method=prompt scores label words through a masked LM and a pattern spliced in per row; "
+            "finexp-export writes sequence classifiers (use finexp-eval, -predict or -serve with the checkpoint)"
+        )
     tokenizer = build.tokenizer_from(cfg)
-    model = build.model_from(cfg, len(labels), tokenizer)
+    model = build.model_from(cfg, len(labels), tokenizer, labels)
     weight = checkpoint.get("state_dict", {}).get("loss_fn.weight")  # task.class_weights: part of the state
     module = SequenceClassificationModule(model, labels, class_weights=None if weight is None else weight.tolist())
     load_checkpoint_state(module, checkpoint)
