@@ -607,9 +607,11 @@ class Problem:
 
     Attributes:
         datamodule: ``(cfg, tokenizer, source, label_names, privacy) -> datamodule``; the datamodule has ``prepare()``,
-            ``label_names``, ``num_labels``, ``datasets`` (split -> dataset) and ``fingerprints``.
+            ``label_names``, ``num_labels``, ``datasets`` (split -> dataset), ``fingerprints`` and ``texts`` (split ->
+            one text per row, sentence, prompt or document: what finexp-eval's predictions.csv lists).
         model: ``(cfg, num_labels, tokenizer) -> nn.Module`` with the adapter applied.
-        module: ``(cfg, model, datamodule) -> LightningModule``.
+        module: ``(cfg, model, datamodule) -> LightningModule``; every type but classification also has
+            ``predictions_table(predict_outputs, texts) -> DataFrame``, finexp-eval's predictions.csv.
         monitor: ``num_labels -> metric`` that ``task.monitor=auto`` resolves to.
         report: which trust report ``analysis`` writes for it: ``classification`` (calibration, thresholds,
             fairness, explanations), ``regression`` (errors, residuals, error by target decile), or None.

@@ -3,9 +3,22 @@
     finexp-eval ckpt_path=outputs/credit_scoring/runs/<date>/<time>/checkpoints/best.ckpt
     finexp-eval ckpt_path=.../best.ckpt data_path=applicants_2026.csv
 
-Writes metrics.json, per_class_report.json/.csv and predictions.csv to its own run directory. The checkpoint is read
-with ``torch.load(weights_only=True)``: tensors and plain values only, never pickled code, so a checkpoint from an
-untrusted source cannot run anything. The model is rebuilt from the config saved beside it.
+Writes metrics.json (the test metrics, plus ``status``, ``checkpoint``, ``data``, ``data_fingerprint``,
+``same_test_split_as_training`` and ``rows``) and predictions.csv to its own run directory; ``data_path`` is read in
+the run's own format. What else, per ``task.problem``:
+
+- classification: per_class_report.json/.csv (with the confusion matrix), the trust report; predictions.csv has one
+  row per row with its label, prediction and class probabilities (and business-rule decisions with ``rules=...``).
+- regression, multilabel: predictions.csv with each row's target and prediction (the module's ``predictions_table``).
+- token_classification (CoNLL files): entity_report.json (per entity type); predictions.csv has one row per
+  sentence: its words, gold and predicted tags (space-separated, one per word).
+- generation (prompt/response files): predictions.csv has the prompt, the reference, the generated answer and the
+  row's exact match and ROUGE-L.
+- long_document: predictions.csv has one row per document: its window-aggregated class probabilities, prediction
+  and window count.
+
+The checkpoint is read with ``torch.load(weights_only=True)``: tensors and plain values only, never pickled code, so
+a checkpoint from an untrusted source cannot run anything. The model is rebuilt from the config saved beside it.
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ from typing import Any
 
 import hydra
 import pandas as pd
+import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -30,7 +44,7 @@ from finexp.adapters.checkpoint import load_checkpoint_state
 from finexp.analysis import AnalysisOptions, Predictions, analyze
 from finexp.analysis.metrics import classification_summary
 from finexp.config import config_dir, validate_analysis, validate_config
-from finexp.data.datamodule import ClassificationDataModule, DataSource
+from finexp.data.datamodule import DataSource
 from finexp.records import write_json
 from finexp.rules import score_with_rules
 from finexp.tasks.classification import SequenceClassificationModule
@@ -62,14 +76,18 @@ class LoadedRun:
     ckpt: Path
     run_cfg: DictConfig
     info: dict[str, Any]
-    labels: list[str]
-    datamodule: ClassificationDataModule
-    module: SequenceClassificationModule
+    labels: list[str]  # empty for problem types without classes (generation)
+    datamodule: Any  # the problem type's datamodule (finexp.build.PROBLEMS)
+    module: pl.LightningModule
 
 
-def load_run(ckpt_path: str, data_path: str | None = None, batch_size: int | None = None) -> LoadedRun:
+def load_run(
+    ckpt_path: str, data_path: str | None = None, batch_size: int | None = None, output_dir: str | None = None
+) -> LoadedRun:
     """Rebuild the model of a run from the ``config.yaml`` beside ``ckpt_path`` and load the checkpoint's weights;
-    the data is the run's own splits, or ``data_path`` as the test split."""
+    the data is the run's own splits, or ``data_path`` as the test split. Files the module writes while it is tested
+    (NER's entity_report.json) go to ``output_dir`` (finexp-eval's own directory), never into the training run;
+    None keeps the saved config's, for callers that do not test."""
     ckpt = Path(ckpt_path).expanduser().resolve()
     checkpoint = load_checkpoint(ckpt)
     run_dir = find_run_dir(ckpt)
@@ -78,12 +96,14 @@ def load_run(ckpt_path: str, data_path: str | None = None, batch_size: int | Non
     info_path = run_dir / "run_info.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     labels = checkpoint.get("finexp", {}).get("label_names") or info.get("labels")
-    if not labels:
+    if labels is None:  # [] is a run without classes (generation)
         raise FinexpError(f"{ckpt}: holds no label names and {info_path} is missing")
     if info.get("serialized_columns"):  # serialize new files with exactly the training columns, in order
         run_cfg.task.feature_columns = info["serialized_columns"]
     if batch_size:
         run_cfg.data.eval_batch_size = batch_size
+    if output_dir is not None:
+        run_cfg.paths.output_dir = output_dir
 
     tokenizer = build.tokenizer_from(run_cfg)
     source = DataSource(test_path=data_path) if data_path else None
@@ -103,14 +123,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Rebuild the model of a run, load the checkpoint's weights and test it. Returns the metrics."""
     validate_analysis(cfg.get("analysis"))
     rules = build.rules_from(cfg)  # parsed before anything loads: a bad rule fails fast
-    run = load_run(cfg.ckpt_path, cfg.data_path, cfg.batch_size)
+    run = load_run(cfg.ckpt_path, cfg.data_path, cfg.batch_size, cfg.paths.output_dir)
     ckpt, run_cfg, info, labels = run.ckpt, run.run_cfg, run.info, run.labels
     datamodule, module = run.datamodule, run.module
     trainer = instantiate(cfg.trainer, _convert_="all")
     metrics: dict[str, Any] = {}
     for result in trainer.test(module, dataloaders=datamodule.test_dataloader(), verbose=False):
         metrics |= result
-    if not isinstance(module, SequenceClassificationModule):  # regression, multi-label: no per-class/trust report
+    if hasattr(module, "predictions_table"):  # every problem type but classification: no per-class/trust report
         return _evaluate_rows(cfg, run, trainer, metrics)
     outputs = trainer.predict(module, dataloaders=datamodule.test_dataloader())
     index = torch.cat([o["index"] for o in outputs])
@@ -186,7 +206,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _evaluate_rows(cfg: DictConfig, run: LoadedRun, trainer: Any, metrics: dict[str, Any]) -> dict[str, Any]:
-    """metrics.json and predictions.csv of a module that tabulates its own predictions (``predictions_table``)."""
+    """metrics.json and predictions.csv of a module that tabulates its own predictions: ``predictions_table(outputs,
+    texts)`` turns ``trainer.predict``'s outputs into one row per item of ``datamodule.texts["test"]`` (a row, a
+    sentence, a prompt, a document)."""
     datamodule, module = run.datamodule, run.module
     outputs = trainer.predict(module, dataloaders=datamodule.test_dataloader())
     out = Path(cfg.paths.output_dir)
@@ -199,7 +221,7 @@ def _evaluate_rows(cfg: DictConfig, run: LoadedRun, trainer: Any, metrics: dict[
         "data": cfg.data_path or "test split of the run",
         "data_fingerprint": test_fingerprint,
         "same_test_split_as_training": test_fingerprint == run.info.get("data_fingerprint", {}).get("test"),
-        "rows": len(datamodule.datasets["test"]),
+        "rows": len(datamodule.texts["test"]),  # documents, not their windows
         **{k: float(v) for k, v in sorted(metrics.items())},
     }
     write_json(out / "metrics.json", metrics)

@@ -204,5 +204,10 @@ class GenerationDataModule(SplitLoaders):
     def num_labels(self) -> int:
         return 0
 
+    @property
+    def texts(self) -> dict[str, list[str]]:
+        """Each split's prompts, as the files hold them."""
+        return {name: frame[self.prompt_column].astype(str).tolist() for name, frame in self.frames.items()}
+
     def collate(self, name: str) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
         return PromptCollator(self.tokenizer.pad_token_id, self.datasets[name].prompt_lengths)

@@ -83,27 +83,32 @@ def read_conll(path: str | Path, scheme: str = "IOB2") -> list[Sentence]:
             for part in (tokens, tags, lines):
                 part.clear()
 
-    with path.open(encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            line = raw.strip()
-            if not line:
-                close()
-                continue
-            columns = line.split()
-            if columns[0] == "-DOCSTART-":
-                close()
-                continue
-            if len(columns) < 2:
-                raise DataError(
-                    f"{path}:{number}: expected a token and a tag separated by whitespace, got {line!r} "
-                    "(a blank line separates sentences)"
-                )
-            tag = columns[-1]
-            if not _TAG.match(tag):
-                raise DataError(f"{path}:{number}: unknown tag {tag!r}; tags are O, B-<TYPE> or I-<TYPE>")
-            tokens.append(columns[0])
-            tags.append(tag)
-            lines.append(number)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:  # a Parquet or spreadsheet file where a CoNLL text file belongs
+        raise DataError(
+            f"{path}: not a UTF-8 text file ({err.reason}); token classification reads CoNLL files"
+        ) from err
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.strip()
+        if not line:
+            close()
+            continue
+        columns = line.split()
+        if columns[0] == "-DOCSTART-":
+            close()
+            continue
+        if len(columns) < 2:
+            raise DataError(
+                f"{path}:{number}: expected a token and a tag separated by whitespace, got {line!r}; a CoNLL file "
+                "has one 'token tag' per line and a blank line between sentences"
+            )
+        tag = columns[-1]
+        if not _TAG.match(tag):
+            raise DataError(f"{path}:{number}: unknown tag {tag!r}; tags are O, B-<TYPE> or I-<TYPE>")
+        tokens.append(columns[0])
+        tags.append(tag)
+        lines.append(number)
     close()
     if not sentences:
         raise DataError(f"{path}: has no sentences (one 'token tag' per line, a blank line between sentences)")
@@ -308,6 +313,12 @@ class TokenClassificationDataModule(SplitLoaders):
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    @property
+    def texts(self) -> dict[str, list[str]]:
+        """Each split's sentences as text: their words joined by one space (a CoNLL word holds no whitespace, so
+        ``text.split(" ")`` gives the words back)."""
+        return {name: [" ".join(s.tokens) for s in sentences] for name, sentences in self.sentences.items()}
 
     @property
     def entity_types(self) -> list[str]:

@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
@@ -134,9 +135,9 @@ class GenerationModule(pl.LightningModule):
     # ----------------------------------------------------------------------------------------------------------
     # Decoding
     # ----------------------------------------------------------------------------------------------------------
-    def answer(self, batch: dict[str, torch.Tensor], rows: Sequence[int]) -> list[tuple[str, str, str]]:
-        """``(prompt, reference, generated)`` texts of the given rows of a batch."""
-        generator = torch.Generator(device=self.device).manual_seed(self.seed + self.current_epoch)
+    def answer(self, batch: dict[str, torch.Tensor], rows: Sequence[int], seed: int) -> list[tuple[str, str, str]]:
+        """``(prompt, reference, generated)`` texts of the given rows of a batch; ``seed`` seeds sampled decoding."""
+        generator = torch.Generator(device=self.device).manual_seed(seed)
         decode = self.tokenizer.decode
         out = []
         for i in rows:
@@ -165,7 +166,9 @@ class GenerationModule(pl.LightningModule):
         self.val_tokens.update(count)
         wanted = self.num_examples - len(self._samples)
         if wanted > 0 and not self.trainer.sanity_checking:
-            self._samples += self.answer(batch, range(min(wanted, len(batch["labels"]))))
+            self._samples += self.answer(
+                batch, range(min(wanted, len(batch["labels"]))), self.seed + self.current_epoch
+            )
 
     def on_validation_epoch_end(self) -> None:
         self._log_perplexity("val")
@@ -177,7 +180,8 @@ class GenerationModule(pl.LightningModule):
         nll, count = self._nll(batch)
         self.test_nll.update(nll)
         self.test_tokens.update(count)
-        for _, reference, generated in self.answer(batch, range(len(batch["labels"]))):
+        # seeded by batch, not epoch: finexp-eval's test (and predict) of the checkpoint decodes the same answers
+        for _, reference, generated in self.answer(batch, range(len(batch["labels"])), self.seed + batch_idx):
             self.test_exact_match.update(exact_match(generated, reference))
             self.test_rouge_l.update(rouge_l(generated, reference))
 
@@ -187,6 +191,38 @@ class GenerationModule(pl.LightningModule):
         self.log("test/rouge_l", self.test_rouge_l.compute(), sync_dist=True)
         self.test_exact_match.reset()
         self.test_rouge_l.reset()
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor | list[str]]:
+        """Each row's reference and generated answer, decoded as :meth:`test_step` scores them."""
+        answers = self.answer(batch, range(len(batch["labels"])), self.seed + batch_idx)
+        return {
+            "index": batch["index"],
+            "reference": [reference for _, reference, _ in answers],
+            "generated": [generated for _, _, generated in answers],
+        }
+
+    def predictions_table(self, outputs: list[dict[str, torch.Tensor | list[str]]], texts: list[str]) -> pd.DataFrame:
+        """``predict`` outputs as one row per prompt, in dataset order (finexp-eval's predictions.csv).
+
+        Columns: ``prompt`` (as the file holds it), ``reference`` and ``generated`` (decoded from tokens, as
+        ``test/exact_match`` and ``test/rouge_l`` score them: an uncased vocabulary lower-cases them, and a reference
+        longer than ``data.max_length`` is cut), and the row's ``exact_match`` and ``rouge_l``.
+
+        Args:
+            outputs: what :meth:`predict_step` returned, batch by batch.
+            texts: the prompts (the datamodule's ``texts``), in dataset order.
+        """
+        answers: dict[int, tuple[str, str]] = {}
+        for batch in outputs:
+            pairs = zip(batch["reference"], batch["generated"], strict=True)
+            answers |= dict(zip(batch["index"].tolist(), pairs, strict=True))
+        rows = []
+        for index, prompt in enumerate(texts):
+            reference, generated = answers[index]
+            rows.append(
+                (prompt, reference, generated, exact_match(generated, reference), rouge_l(generated, reference))
+            )
+        return pd.DataFrame(rows, columns=["prompt", "reference", "generated", "exact_match", "rouge_l"])
 
     def _log_perplexity(self, stage: str) -> None:
         nll, tokens = getattr(self, f"{stage}_nll"), getattr(self, f"{stage}_tokens")

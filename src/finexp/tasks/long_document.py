@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 from torchmetrics import Metric
@@ -122,3 +123,32 @@ class LongDocumentModule(SequenceClassificationModule):
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         logits = self(batch["input_ids"], batch["attention_mask"])
         return {"doc": batch["doc"], "logits": logits, "labels": batch["labels"]}
+
+    def predictions_table(self, outputs: list[dict[str, torch.Tensor]], texts: list[str]) -> pd.DataFrame:
+        """``predict`` outputs aggregated to one row per document, in dataset order (finexp-eval's predictions.csv).
+
+        Columns: ``text``, ``label``, ``predicted`` (the likeliest class), ``prob_<label>`` (softmax of the
+        document's aggregated logits, as the test metrics score it) and ``windows`` (how many were scored).
+
+        Args:
+            outputs: what :meth:`predict_step` returned, batch by batch (windows).
+            texts: the documents' texts (the datamodule's ``texts``), in dataset order.
+        """
+        docs = torch.cat([o["doc"] for o in outputs])
+        documents, logits = aggregate_windows(torch.cat([o["logits"] for o in outputs]).float(), docs, self.aggregate)
+        if documents.tolist() != list(range(len(texts))):
+            raise ValueError(f"windows of {len(documents)} documents were predicted, but there are {len(texts)}")
+        labels = torch.zeros(len(texts), dtype=torch.long).scatter(0, docs, torch.cat([o["labels"] for o in outputs]))
+        probs = logits.softmax(-1)
+        names = self.label_names
+        frame = pd.DataFrame(
+            {
+                "text": texts,
+                "label": [names[i] for i in labels.tolist()],
+                "predicted": [names[i] for i in probs.argmax(-1).tolist()],
+            }
+        )
+        for i, name in enumerate(names):
+            frame[f"prob_{name}"] = probs[:, i].numpy()
+        frame["windows"] = torch.bincount(docs, minlength=len(texts)).numpy()
+        return frame

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 from seqeval.metrics.sequence_labeling import get_entities
@@ -169,6 +170,37 @@ class TokenClassificationModule(pl.LightningModule):
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         logits = self(batch["input_ids"], batch["attention_mask"])
         return {"index": batch["index"], "tags": logits.argmax(-1), "labels": batch["labels"]}
+
+    def predictions_table(self, outputs: list[dict[str, torch.Tensor]], texts: list[str]) -> pd.DataFrame:
+        """``predict`` outputs as one row per sentence, in dataset order (finexp-eval's predictions.csv).
+
+        Columns: ``tokens`` (the sentence's words), ``tags`` (gold) and ``predicted``, each space-separated with one
+        entry per word, and ``words_cut``: words beyond ``data.max_length`` sub-tokens are neither scored nor
+        predicted, and are tagged ``-`` in both tag columns.
+
+        Args:
+            outputs: what :meth:`predict_step` returned, batch by batch.
+            texts: the sentences' words joined by single spaces (the datamodule's ``texts``), in dataset order.
+        """
+        scored: dict[int, tuple[list[int], list[int]]] = {}
+        for batch in outputs:
+            for index, tags, labels in zip(batch["index"].tolist(), batch["tags"], batch["labels"], strict=True):
+                words = labels != IGNORE  # each scored word's first sub-token
+                scored[index] = (labels[words].tolist(), tags[words].tolist())
+        names, rows = self.label_names, []
+        for index, text in enumerate(texts):
+            tokens = text.split(" ")
+            gold, predicted = scored[index]
+            cut = ["-"] * (len(tokens) - len(gold))
+            rows.append(
+                {
+                    "tokens": text,
+                    "tags": " ".join([names[i] for i in gold] + cut),
+                    "predicted": " ".join([names[i] for i in predicted] + cut),
+                    "words_cut": len(cut),
+                }
+            )
+        return pd.DataFrame(rows, columns=["tokens", "tags", "predicted", "words_cut"])
 
     def configure_optimizers(self) -> dict:
         return configure_optimizers(self, self.model, self.optimizer_factory, self.scheduler_factory)
