@@ -2,13 +2,14 @@
 
     python scripts/bench_few_shot.py                           # K = 8, 16, 32, 64 x seeds 1, 2, 3 x both methods
     python scripts/bench_few_shot.py --seeds 1 --ks 8,16       # a quick look
+    python scripts/bench_few_shot.py --methods finetune,setfit,prompt --ks 8,16,32   # + PET (method=prompt)
     python scripts/bench_few_shot.py --report-only             # summarize what has finished
 
 Data: the Twitter Financial News Sentiment training file (9,543 tweets; bearish / bullish / neutral), read in place
 from ../shared/data (never copied). ``data.max_rows`` keeps a stratified 3,000 rows, so the test split holds 600
 tweets (the same 600 in every run); training rows are drawn per seed from the 2,100-row train split, validation is
 capped at K per class. Model: all-MiniLM-L6-v2. Each (seed, method) is one ``finexp-train -m
-experiment=few_shot_curve`` sweep over K into ``<out>/seed<S>/<method>``; the two methods' sweeps run side by side
+experiment=few_shot_curve`` sweep over K into ``<out>/seed<S>/<method>``; the methods' sweeps run side by side
 with one torch thread each (``--threads``): on a busy 2-core machine one thread per process was 6x faster than two
 (a MiniLM step of 8 rows: 3.1 s against 18.6 s). The script then prints test macro-F1 (mean ± std over seeds) per
 method and K and writes ``finexp-report``'s learning curve (``curve.png``) into ``<out>``.
