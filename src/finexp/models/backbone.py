@@ -6,7 +6,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from finexp import FinexpError
 
@@ -19,7 +26,7 @@ def _offline(local_files_only: bool) -> bool:
     return local_files_only or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
 
 
-def _load(loader: Any, name_or_path: str, what: str, local_files_only: bool, **kwargs: Any) -> Any:
+def load_pretrained(loader: Any, name_or_path: str, what: str, local_files_only: bool, **kwargs: Any) -> Any:
     """Load from a local directory, else the local HF cache, else the hub - failing fast with one clear message."""
     if Path(name_or_path).expanduser().is_dir():
         return loader.from_pretrained(str(Path(name_or_path).expanduser()), **kwargs)
@@ -43,7 +50,7 @@ def _load(loader: Any, name_or_path: str, what: str, local_files_only: bool, **k
 
 def build_tokenizer(name_or_path: str, local_files_only: bool = False) -> PreTrainedTokenizerBase:
     """A fast tokenizer, with a pad token even for GPT-style vocabularies that lack one."""
-    tokenizer = _load(AutoTokenizer, name_or_path, "tokenizer", local_files_only)
+    tokenizer = load_pretrained(AutoTokenizer, name_or_path, "tokenizer", local_files_only)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
@@ -65,12 +72,22 @@ def build_encoder(
         local_files_only: never use the network.
     """
     if name_or_path is not None:
-        return _load(AutoModel, name_or_path, "model", local_files_only)
+        return load_pretrained(AutoModel, name_or_path, "model", local_files_only)
+    return AutoModel.from_config(config_from_architecture(architecture, vocab_size, "bert, gpt2", "a model"))
+
+
+def config_from_architecture(
+    architecture: dict[str, Any] | None, vocab_size: int | None, example: str, what: str
+) -> PretrainedConfig:
+    """A transformers config from ``model.architecture`` (``model_type`` + config kwargs), for random weights.
+
+    ``vocab_size`` (the tokenizer's) fills in when the architecture does not set one; ``example`` and ``what`` word
+    the error when ``model_type`` is missing.
+    """
     if not architecture or "model_type" not in architecture:
-        raise ModelLoadError("model.architecture needs a model_type (e.g. bert, gpt2) to build a model from scratch")
+        raise ModelLoadError(f"model.architecture needs a model_type (e.g. {example}) to build {what} from scratch")
     kwargs = dict(architecture)
     model_type = kwargs.pop("model_type")
     if vocab_size is not None:
         kwargs.setdefault("vocab_size", vocab_size)
-    config = AutoConfig.for_model(model_type, **kwargs)
-    return AutoModel.from_config(config)
+    return AutoConfig.for_model(model_type, **kwargs)

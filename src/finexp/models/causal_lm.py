@@ -12,7 +12,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-from finexp.models.backbone import ModelLoadError, _load
+from finexp.models.backbone import ModelLoadError, config_from_architecture, load_pretrained
 
 # Decoder families that also appear in the masked-LM table (their causal head is the real one).
 _DECODERS_WITH_MLM_HEADS = {"bart", "mbart", "xlm", "reformer"}
@@ -31,22 +31,16 @@ def build_causal_lm(
             cannot generate; or ``architecture`` has no ``model_type``.
     """
     if name_or_path is not None:
-        config = _load(AutoConfig, name_or_path, "model config", local_files_only)
+        config = load_pretrained(AutoConfig, name_or_path, "model config", local_files_only)
     else:
-        if not architecture or "model_type" not in architecture:
-            raise ModelLoadError("model.architecture needs a model_type (e.g. gpt2) to build a decoder from scratch")
-        kwargs = dict(architecture)
-        model_type = kwargs.pop("model_type")
-        if vocab_size is not None:
-            kwargs.setdefault("vocab_size", vocab_size)
-        config = AutoConfig.for_model(model_type, **kwargs)
+        config = config_from_architecture(architecture, vocab_size, "gpt2", "a decoder")
     if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and config.model_type not in _DECODERS_WITH_MLM_HEADS:
         raise ModelLoadError(
             f"task.problem=generation needs a decoder (GPT-style) model; {config.model_type!r} is a masked-language "
             "encoder. Use model=tiny_gpt, or model=hf model.name_or_path=<a causal LM such as gpt2>"
         )
     if name_or_path is not None:
-        return _load(AutoModelForCausalLM, name_or_path, "model", local_files_only)
+        return load_pretrained(AutoModelForCausalLM, name_or_path, "model", local_files_only)
     return AutoModelForCausalLM.from_config(config)
 
 

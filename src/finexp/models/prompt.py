@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from finexp import FinexpError
-from finexp.models.backbone import _load
+from finexp.models.backbone import config_from_architecture, load_pretrained
 
 log = logging.getLogger("finexp")
 
@@ -114,12 +114,10 @@ def build_masked_lm(
     """A masked LM: pre-trained weights, or built from ``architecture`` (random, for tests). Says which head
     weights the checkpoint lacks (e.g. a sentence-transformers encoder has none: the pattern then starts cold)."""
     if name_or_path is None:
-        kwargs = dict(architecture or {})
-        if "model_type" not in kwargs:
-            raise FinexpError("model.architecture needs a model_type (e.g. bert) to build a masked LM from scratch")
-        kwargs.setdefault("vocab_size", vocab_size)
-        return AutoModelForMaskedLM.from_config(AutoConfig.for_model(kwargs.pop("model_type"), **kwargs))
-    lm, info = _load(AutoModelForMaskedLM, name_or_path, "masked LM", local_files_only, output_loading_info=True)
+        config = config_from_architecture(architecture, vocab_size, "bert", "a masked LM")
+        return AutoModelForMaskedLM.from_config(config)
+    loader = AutoModelForMaskedLM
+    lm, info = load_pretrained(loader, name_or_path, "masked LM", local_files_only, output_loading_info=True)
     head = [key for key in info.get("missing_keys", ()) if key.split(".")[0] in HEAD_NAMES]
     if head:
         log.warning(
