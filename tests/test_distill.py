@@ -11,11 +11,12 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-import finexp.export
+import finexp.train
 from conftest import text_task
 from finexp import FinexpError, build
 from finexp.config import ConfigError, validate_config
 from finexp.evaluate import load_run
+from finexp.runs import Teacher, open_teacher
 from finexp.tasks.distillation import DistillationModule, distillation_loss
 from finexp.train import train
 
@@ -70,14 +71,13 @@ def test_teacher_runs_once_per_train_row_and_the_student_trains(make_cfg, sentim
     teacher_ckpt = teacher_metrics["best_checkpoint"]
 
     rows_seen = []
-    loaded = finexp.export.load_classifier
 
-    def counting_loader(ckpt):
-        model, tokenizer, labels, adapter = loaded(ckpt)
-        model.register_forward_hook(lambda _m, args, kwargs, out: rows_seen.append(len(out)), with_kwargs=True)
-        return model, tokenizer, labels, adapter
+    def counting_teacher(ckpt):
+        teacher = open_teacher(ckpt)
+        teacher.model.register_forward_hook(lambda _m, args, kwargs, out: rows_seen.append(len(out)), with_kwargs=True)
+        return teacher
 
-    monkeypatch.setattr(finexp.export, "load_classifier", counting_loader)
+    monkeypatch.setattr(finexp.train, "open_teacher", counting_teacher)
     cfg = make_cfg(
         *text_task(sentiment_csv),
         "experiment=distill",
@@ -108,15 +108,15 @@ def test_teacher_runs_once_per_train_row_and_the_student_trains(make_cfg, sentim
     assert type(student.module).__name__ == "SequenceClassificationModule"
 
     # A rerun into the same directory reads the cache: the teacher is not even loaded.
-    monkeypatch.setattr(finexp.export, "load_classifier", lambda ckpt: pytest.fail("teacher loaded again"))
     datamodule = build.datamodule_from(cfg, build.tokenizer_from(cfg))
     datamodule.prepare()
-    module = build.module_from(cfg, build.model_from(cfg, 2, build.tokenizer_from(cfg)), datamodule)
+    never = lambda: pytest.fail("teacher loaded again")  # noqa: E731
+    module = build.module_from(cfg, build.model_from(cfg, 2, build.tokenizer_from(cfg)), datamodule, never)
     torch.testing.assert_close(module.teacher_logits, cached["logits"])
 
     # A teacher of other labels is refused, naming the key.
-    monkeypatch.setattr(finexp.export, "load_classifier", lambda ckpt: (None, None, ["down", "up"], "full"))
+    other = lambda: Teacher(None, None, ["down", "up"], 32)  # noqa: E731
     with open_dict(cfg):
         cfg.distill.cache = False
     with pytest.raises(FinexpError, match=r"distill\.teacher=.*predicts \['down', 'up'\]"):
-        build.module_from(cfg, build.model_from(cfg, 2, build.tokenizer_from(cfg)), datamodule)
+        build.module_from(cfg, build.model_from(cfg, 2, build.tokenizer_from(cfg)), datamodule, other)

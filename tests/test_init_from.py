@@ -17,6 +17,7 @@ from finexp import FinexpError, build
 from finexp.config import config_dir
 from finexp.export import export
 from finexp.models.init_from import settle_head
+from finexp.runs import initial_weights
 from finexp.train import train
 
 
@@ -38,7 +39,8 @@ def earlier_run(tmp_path_factory) -> str:
 
 def built(make_cfg, path: Path, init_from: str, *overrides: str):
     cfg = make_cfg(*text_task(path), f"model.init_from={init_from}", "seed=11", *overrides)
-    return build.model_from(cfg, 2, build.tokenizer_from(cfg))
+    initial = initial_weights(cfg.model.init_from) if cfg.model.init_from else None  # what finexp-train does first
+    return build.model_from(cfg, 2, build.tokenizer_from(cfg), initial=initial)
 
 
 def test_init_from_checkpoint_or_export_copies_encoder_and_head(make_cfg, sentiment_csv, earlier_run, tmp_path):

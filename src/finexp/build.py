@@ -12,7 +12,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -25,9 +24,10 @@ from finexp.data.few_shot import SamplingPolicy
 from finexp.methods.setfit import SetFit
 from finexp.models.backbone import build_encoder, build_tokenizer
 from finexp.models.classifier import SequenceClassifier
-from finexp.models.init_from import load_encoder, read_initial_weights
+from finexp.models.init_from import InitialWeights, load_encoder
 from finexp.privacy import PrivacyPlan, build_privacy
 from finexp.rules import RuleSet
+from finexp.targets import instantiate
 from finexp.tasks.classification import SequenceClassificationModule
 
 log = logging.getLogger("finexp")
@@ -156,19 +156,27 @@ def rules_from(cfg: DictConfig) -> RuleSet | None:
 
 
 def model_from(
-    cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase, label_names: list[str] | None = None
+    cfg: DictConfig,
+    num_labels: int,
+    tokenizer: PreTrainedTokenizerBase,
+    label_names: list[str] | None = None,
+    initial: InitialWeights | None = None,
 ) -> nn.Module:
     """The problem type's model with the adapter applied (what trains is decided here).
 
     ``label_names``: the order of the outputs, for models that name their labels (``method=prompt``'s label words).
+    ``initial``: ``model.init_from``'s weights (``finexp.runs.initial_weights``), loaded before the adapter wraps the
+    encoder; a model rebuilt to load a checkpoint needs none.
     """
-    model = problem_of(cfg).model(cfg, num_labels, tokenizer)
+    model = problem_of(cfg).model(cfg, num_labels, tokenizer, initial)
     if label_names is not None and hasattr(model, "bind_labels"):
         model.bind_labels(label_names)
     return model
 
 
-def classification_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase) -> SequenceClassifier:
+def classification_model(
+    cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase, initial: InitialWeights | None = None
+) -> SequenceClassifier:
     """Encoder + pooling + linear head over ``num_labels`` outputs, with the adapter applied (``method=prompt``:
     a masked LM scoring label words instead)."""
     m = cfg.model
@@ -178,8 +186,8 @@ def classification_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrained
     model = SequenceClassifier(
         _encoder(cfg, tokenizer), num_labels, pooling=m.pooling, dropout=m.dropout, numeric_features=fused
     )
-    if OmegaConf.select(m, "init_from"):  # continual fine-tuning: an earlier run's weights, before the adapter
-        load_encoder(model, read_initial_weights(m.init_from))
+    if initial is not None:  # continual fine-tuning: an earlier run's weights, before the adapter
+        load_encoder(model, initial)
     return _with_adapter(cfg, model)
 
 
@@ -198,14 +206,14 @@ def prompt_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenize
 def _with_adapter(cfg: DictConfig, model: nn.Module) -> nn.Module:
     """``model`` in training mode with ``cfg.adapter`` applied (what trains is decided here)."""
     model.train()  # from_pretrained returns eval mode; Lightning keeps modes as it finds them (dropout would be off)
-    return instantiate(cfg.adapter, _convert_="all")(model)
+    return instantiate(cfg.adapter)(model)
 
 
 def _optimization(cfg: DictConfig) -> dict[str, Any]:
     """A module's ``optimizer`` and ``scheduler`` factories (``conf/optimizer``, ``conf/scheduler``)."""
     return {
-        "optimizer": instantiate(cfg.optimizer, _convert_="all"),
-        "scheduler": instantiate(cfg.scheduler, _convert_="all"),
+        "optimizer": instantiate(cfg.optimizer),
+        "scheduler": instantiate(cfg.scheduler),
     }
 
 
@@ -217,16 +225,24 @@ def class_weights(mode: str | None, counts: list[int]) -> list[float] | None:
     return [total / (k * max(1, c)) for c in counts]
 
 
-def module_from(cfg: DictConfig, model: nn.Module, datamodule: Any) -> pl.LightningModule:
-    """The problem type's LightningModule: loss, metrics, optimizer and schedule around ``model``."""
+def module_from(
+    cfg: DictConfig, model: nn.Module, datamodule: Any, teacher: Callable[[], Any] | None = None
+) -> pl.LightningModule:
+    """The problem type's LightningModule: loss, metrics, optimizer and schedule around ``model``.
+
+    ``teacher``: with ``distill.teacher``, a function opening the teacher (``finexp.runs.open_teacher``); called only
+    when its logits are not cached.
+    """
     fit_fusion_statistics(model, datamodule)
-    if OmegaConf.select(cfg, "distill.teacher"):
-        return distillation_module(cfg, model, datamodule)
+    if cfg.distill.teacher:
+        if teacher is None:
+            raise FinexpError("distill.teacher is set but no teacher was opened (finexp.runs.open_teacher)")
+        return distillation_module(cfg, model, datamodule, teacher)
     return problem_of(cfg).module(cfg, model, datamodule)
 
 
 def distillation_module(
-    cfg: DictConfig, model: SequenceClassifier, datamodule: ClassificationDataModule
+    cfg: DictConfig, model: SequenceClassifier, datamodule: ClassificationDataModule, open_teacher: Callable[[], Any]
 ) -> pl.LightningModule:
     """``distill.teacher=CKPT``: the student trains on the teacher's soft targets and the hard labels.
 
@@ -234,8 +250,6 @@ def distillation_module(
     training; with ``distill.cache`` the logits go to ``<run dir>/teacher_logits.pt``, keyed by the teacher file and
     the train split's fingerprint, and a resumed run reads them back instead of loading the teacher.
     """
-    from finexp.evaluate import find_run_dir
-    from finexp.export import load_classifier  # finexp.export builds its models through this module
     from finexp.tasks.distillation import DistillationModule, cached_teacher_logits, compute_teacher_logits
 
     distill, labels = cfg.distill, datamodule.label_names
@@ -250,15 +264,17 @@ def distillation_module(
     }
 
     def label_train_split() -> torch.Tensor:
-        teacher, tokenizer, teacher_labels, _ = load_classifier(ckpt)
+        teacher = open_teacher()
+        teacher_labels = teacher.labels
         if sorted(teacher_labels) != sorted(labels):
             raise FinexpError(
                 f"distill.teacher={distill.teacher} predicts {teacher_labels}, but this task's labels are {labels}"
             )
-        max_length = OmegaConf.load(find_run_dir(ckpt) / "config.yaml").data.max_length
         texts = datamodule.texts["train"]
         started = time.perf_counter()
-        logits = compute_teacher_logits(teacher, tokenizer, texts, max_length, distill.teacher_batch_size)
+        logits = compute_teacher_logits(
+            teacher.model, teacher.tokenizer, texts, teacher.max_length, distill.teacher_batch_size
+        )
         log.info("distillation: the teacher labelled %d train rows in %.1fs", len(texts), time.perf_counter() - started)
         return logits[:, [teacher_labels.index(name) for name in labels]]  # columns in the student's label order
 
@@ -296,7 +312,7 @@ def resolve_monitor(cfg: DictConfig, num_labels: int) -> str:
 def _instantiate_group(node: DictConfig | None) -> list[Any]:
     if not node:
         return []
-    return [instantiate(entry, _convert_="all") for entry in node.values() if entry is not None and "_target_" in entry]
+    return [instantiate(entry) for entry in node.values() if entry is not None and "_target_" in entry]
 
 
 def callbacks_from(cfg: DictConfig) -> list[pl.Callback]:
@@ -349,7 +365,7 @@ def trainer_from(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[An
             cfg.privacy.max_grad_norm,
         )
         cfg.trainer.gradient_clip_val = None  # the saved config.yaml shows what ran
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all")
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
 def _data_source(cfg: DictConfig, source: DataSource | None) -> DataSource:
@@ -397,9 +413,18 @@ def token_classification_datamodule(
     )
 
 
-def token_classification_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+def _no_initial(initial: InitialWeights | None, problem: str) -> None:
+    if initial is not None:
+        raise FinexpError(f"model.init_from seeds sequence classifiers; task.problem={problem} cannot start from one")
+
+
+def token_classification_model(
+    cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase, initial: InitialWeights | None = None
+) -> nn.Module:
     """Encoder + a linear head on every token, with the adapter applied."""
     from finexp.models.token_classifier import TokenClassifier
+
+    _no_initial(initial, "token_classification")
 
     return _with_adapter(cfg, TokenClassifier(_encoder(cfg, tokenizer), num_labels, dropout=cfg.model.dropout))
 
@@ -442,9 +467,11 @@ def regression_datamodule(
     return classification_datamodule(cfg, tokenizer, source, label_names, privacy, RegressionDataModule)
 
 
-def regression_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+def regression_model(
+    cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase, initial: InitialWeights | None = None
+) -> nn.Module:
     """Encoder + pooling + a one-output head (``num_labels`` is 1: the target), with the adapter applied."""
-    return classification_model(cfg, 1, tokenizer)
+    return classification_model(cfg, 1, tokenizer, initial)
 
 
 def regression_module(cfg: DictConfig, model: nn.Module, datamodule: Any) -> pl.LightningModule:
@@ -482,10 +509,14 @@ def generation_datamodule(
     )
 
 
-def generation_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+def generation_model(
+    cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase, initial: InitialWeights | None = None
+) -> nn.Module:
     """A causal LM with the adapter applied to its transformer; its LM head trains with adapter=full, or when
     ``task.generation.train_lm_head``."""
     from finexp.models.causal_lm import CausalLM, build_causal_lm
+
+    _no_initial(initial, "generation")
 
     m = cfg.model
     lm = build_causal_lm(m.name_or_path, _plain(m.architecture), len(tokenizer), m.local_files_only)
@@ -546,9 +577,11 @@ def long_document_datamodule(
     )
 
 
-def long_document_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+def long_document_model(
+    cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase, initial: InitialWeights | None = None
+) -> nn.Module:
     """The classifier (encoder + pooling + head) that scores each window."""
-    model = classification_model(cfg, num_labels, tokenizer)
+    model = classification_model(cfg, num_labels, tokenizer, initial)
     positions = getattr(model.encoder.config, "max_position_embeddings", None) or getattr(
         model.encoder.config, "n_positions", None
     )
@@ -609,7 +642,8 @@ class Problem:
         datamodule: ``(cfg, tokenizer, source, label_names, privacy) -> datamodule``; the datamodule has ``prepare()``,
             ``label_names``, ``num_labels``, ``datasets`` (split -> dataset), ``fingerprints`` and ``texts`` (split ->
             one text per row, sentence, prompt or document: what finexp-eval's predictions.csv lists).
-        model: ``(cfg, num_labels, tokenizer) -> nn.Module`` with the adapter applied.
+        model: ``(cfg, num_labels, tokenizer, initial) -> nn.Module`` with the adapter applied; ``initial`` is
+            ``model.init_from``'s weights or None.
         module: ``(cfg, model, datamodule) -> LightningModule``; every type but classification also has
             ``predictions_table(predict_outputs, texts) -> DataFrame``, finexp-eval's predictions.csv.
         monitor: ``num_labels -> metric`` that ``task.monitor=auto`` resolves to.
@@ -618,7 +652,7 @@ class Problem:
     """
 
     datamodule: Callable[..., Any]
-    model: Callable[[DictConfig, int, PreTrainedTokenizerBase], nn.Module]
+    model: Callable[[DictConfig, int, PreTrainedTokenizerBase, InitialWeights | None], nn.Module]
     module: Callable[[DictConfig, nn.Module, Any], pl.LightningModule]
     monitor: Callable[[int], str]
     report: str | None = None
@@ -726,7 +760,7 @@ def federation_from(cfg: DictConfig, module: pl.LightningModule, datamodule: Any
     }
 
     def make_trainer(**overrides: Any) -> pl.Trainer:
-        return instantiate(cfg.trainer, **{**base, **overrides}, _convert_="all")
+        return instantiate(cfg.trainer, **{**base, **overrides})
 
     monitor = cfg.task.monitor
     return Federation(
@@ -734,7 +768,7 @@ def federation_from(cfg: DictConfig, module: pl.LightningModule, datamodule: Any
         partitions,
         train_set,
         datamodule.val_dataloader(),
-        strategy=instantiate(fed.strategy, _convert_="all"),
+        strategy=instantiate(fed.strategy),
         make_trainer=make_trainer,
         rounds=fed.rounds,
         local_epochs=fed.local_epochs,

@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 from finexp import FinexpError
+from finexp.targets import check_targets
 
 
 class ConfigError(FinexpError):
@@ -154,6 +155,7 @@ class ModelConfig:
     estimator: Any = None  # baselines: the estimator (``_target_`` in finexp.baselines)
     fusion: str | None = None  # null: text only | concat: task.numeric_columns (standardized) beside the text embedding
     init_from: str | None = None  # continual fine-tuning: an earlier run's .ckpt or finexp-export dir seeds the weights
+    license: str | None = None  # the model card's license (finexp-export), e.g. apache-2.0 for all-MiniLM-L6-v2
 
 
 @dataclass
@@ -414,6 +416,7 @@ class TrainConfig:
     ckpt_path: str | None = None  # resume training from this checkpoint ("last": <run dir>/checkpoints/last.ckpt)
     resume: bool = True  # a rerun into a run directory of the same config: skip it if complete, else continue it
     test: bool = True  # evaluate the best checkpoint on the test split after training
+    test_predictions: bool = True  # with test: write test_predictions.csv (per-row predictions, finexp-report's tests)
 
 
 @dataclass
@@ -465,6 +468,14 @@ class ServerConfig:
     device: str = "auto"
     threads: int = 0
     log_level: str = "info"
+    # request limits and access control (finexp.serve.create_app documents each)
+    timeout_s: float = 30.0
+    max_json_depth: int = 16
+    max_text_chars: int = 100_000
+    docs: bool = False
+    api_key_env: str | None = None  # the NAME of an environment variable holding the key, never the key
+    api_key_file: str | None = None
+    access_log: bool = True
 
 
 @dataclass
@@ -506,6 +517,23 @@ ALLOWED = {
     "privacy.name": ("none", "dp_sgd", "label_dp"),
     "method.name": ("finetune", "setfit", "prompt"),
 }
+
+
+# builder -> schema, for reading saved configs back onto their schema (finexp.runs)
+ADAPTER_SCHEMAS = {
+    schema._target_: schema
+    for schema in (
+        FullAdapterConfig,
+        FreezeAdapterConfig,
+        TopLayersAdapterConfig,
+        LoraAdapterConfig,
+        IA3AdapterConfig,
+        PromptTuningAdapterConfig,
+        PrefixTuningAdapterConfig,
+        BottleneckAdapterConfig,
+    )
+}
+OPTIMIZER_SCHEMAS = {schema._target_: schema for schema in (AdamWConfig, SGDConfig)}
 
 
 def register_configs() -> None:
@@ -617,6 +645,7 @@ def validate_config(cfg: DictConfig) -> None:
     Raises:
         ConfigError: on the first offending key.
     """
+    check_targets(OmegaConf.to_container(cfg, resolve=False), "the config")  # before anything is built
     for key in ("task.name", "task.label_column", "model.name"):
         if _missing(cfg, key):
             raise ConfigError(f"{key} must be set (e.g. `{key}=...` on the command line)")

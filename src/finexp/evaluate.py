@@ -23,7 +23,6 @@ a checkpoint from an untrusted source cannot run anything. The model is rebuilt 
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 import sys
@@ -36,87 +35,56 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from finexp import FinexpError, build
-from finexp.adapters.checkpoint import load_checkpoint_state
 from finexp.analysis import AnalysisOptions, Predictions, analyze
 from finexp.analysis.metrics import classification_summary
-from finexp.config import config_dir, validate_analysis, validate_config
-from finexp.data.datamodule import DataSource
+from finexp.config import config_dir, validate_analysis
 from finexp.records import write_json
 from finexp.rules import score_with_rules
-from finexp.tasks.classification import SequenceClassificationModule
+from finexp.runs import TrainedRun
+from finexp.targets import instantiate
 
 log = logging.getLogger("finexp")
 
 
-def find_run_dir(ckpt: Path) -> Path:
-    """The run directory of a checkpoint: the nearest parent holding ``config.yaml``."""
-    for directory in (ckpt.parent, ckpt.parent.parent):
-        if (directory / "config.yaml").is_file():
-            return directory
-    raise FinexpError(f"{ckpt}: no config.yaml beside it or in its parent; was it written by finexp-train?")
-
-
-def load_checkpoint(ckpt: Path) -> dict[str, Any]:
-    if not ckpt.is_file():
-        raise FinexpError(f"checkpoint not found: {ckpt}")
-    try:
-        return torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as err:  # an unpickling refusal or a corrupt file: both are the user's to fix
-        raise FinexpError(f"{ckpt}: not a loadable finexp checkpoint ({type(err).__name__}: {err})") from err
-
-
 @dataclass
 class LoadedRun:
-    """A trained run rebuilt from its checkpoint: its config, records, data and weights."""
+    """A trained run rebuilt for evaluation: the run (config, records, weights), its data and its module."""
 
-    ckpt: Path
-    run_cfg: DictConfig
-    info: dict[str, Any]
-    labels: list[str]  # empty for problem types without classes (generation)
+    run: TrainedRun
     datamodule: Any  # the problem type's datamodule (finexp.build.PROBLEMS)
     module: pl.LightningModule
+
+    @property
+    def ckpt(self) -> Path:
+        return self.run.ckpt
+
+    @property
+    def run_cfg(self) -> DictConfig:
+        return self.run.config
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.run.info
+
+    @property
+    def labels(self) -> list[str]:
+        return self.run.labels
 
 
 def load_run(
     ckpt_path: str, data_path: str | None = None, batch_size: int | None = None, output_dir: str | None = None
 ) -> LoadedRun:
-    """Rebuild the model of a run from the ``config.yaml`` beside ``ckpt_path`` and load the checkpoint's weights;
-    the data is the run's own splits, or ``data_path`` as the test split. Files the module writes while it is tested
-    (NER's entity_report.json) go to ``output_dir`` (finexp-eval's own directory), never into the training run;
-    None keeps the saved config's, for callers that do not test."""
-    ckpt = Path(ckpt_path).expanduser().resolve()
-    checkpoint = load_checkpoint(ckpt)
-    run_dir = find_run_dir(ckpt)
-    run_cfg = OmegaConf.load(run_dir / "config.yaml")
-    validate_config(run_cfg)
-    info_path = run_dir / "run_info.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    labels = checkpoint.get("finexp", {}).get("label_names") or info.get("labels")
-    if labels is None:  # [] is a run without classes (generation)
-        raise FinexpError(f"{ckpt}: holds no label names and {info_path} is missing")
-    if info.get("serialized_columns"):  # serialize new files with exactly the training columns, in order
-        run_cfg.task.feature_columns = info["serialized_columns"]
-    if batch_size:
-        run_cfg.data.eval_batch_size = batch_size
-    if output_dir is not None:
-        run_cfg.paths.output_dir = output_dir
-
-    tokenizer = build.tokenizer_from(run_cfg)
-    source = DataSource(test_path=data_path) if data_path else None
-    datamodule = build.datamodule_from(run_cfg, tokenizer, source=source, label_names=labels)
-    datamodule.prepare()
-    model = build.model_from(run_cfg, len(labels), tokenizer, labels)
-    if OmegaConf.select(run_cfg, "task.problem", default="classification") == "classification":
-        weight = checkpoint.get("state_dict", {}).get("loss_fn.weight")  # task.class_weights: part of the state
-        module = SequenceClassificationModule(model, labels, class_weights=None if weight is None else weight.tolist())
-    else:  # the problem type's module; what it learnt from the train split (a target's mean/std) is in the checkpoint
-        module = build.module_from(run_cfg, model, datamodule)
-    load_checkpoint_state(module, checkpoint)  # parameter-efficient checkpoints hold only what trained
-    return LoadedRun(ckpt, run_cfg, info, labels, datamodule, module)
+    """Open the run of ``ckpt_path`` (:class:`finexp.runs.TrainedRun`: safe loading, config on the schema) and
+    rebuild its module; the data is the run's own splits, or ``data_path`` as the test split. Files the module writes
+    while it is tested (NER's entity_report.json) go to ``output_dir`` (finexp-eval's own directory), never into the
+    training run; None keeps the saved config's, for callers that do not test."""
+    run = TrainedRun.open(ckpt_path)
+    run.require("evaluate")
+    datamodule = run.datamodule(data_path=data_path, batch_size=batch_size, output_dir=output_dir)
+    return LoadedRun(run, datamodule, run.module(datamodule))
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -124,9 +92,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     validate_analysis(cfg.get("analysis"))
     rules = build.rules_from(cfg)  # parsed before anything loads: a bad rule fails fast
     run = load_run(cfg.ckpt_path, cfg.data_path, cfg.batch_size, cfg.paths.output_dir)
+    run.run.announce("finexp-eval")
     ckpt, run_cfg, info, labels = run.ckpt, run.run_cfg, run.info, run.labels
     datamodule, module = run.datamodule, run.module
-    trainer = instantiate(cfg.trainer, _convert_="all")
+    trainer = instantiate(cfg.trainer)
     metrics: dict[str, Any] = {}
     for result in trainer.test(module, dataloaders=datamodule.test_dataloader(), verbose=False):
         metrics |= result
@@ -165,7 +134,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     test_fingerprint = datamodule.fingerprints["test"]
     metrics = {
         "status": "completed",
-        "checkpoint": str(ckpt),
+        **run.run.trust_record(),  # the checkpoint and config it trusted, with their SHA-256
         "data": cfg.data_path or "test split of the run",
         "data_fingerprint": test_fingerprint,
         "same_test_split_as_training": test_fingerprint == info.get("data_fingerprint", {}).get("test"),
@@ -217,7 +186,7 @@ def _evaluate_rows(cfg: DictConfig, run: LoadedRun, trainer: Any, metrics: dict[
     test_fingerprint = datamodule.fingerprints["test"]
     metrics = {
         "status": "completed",
-        "checkpoint": str(run.ckpt),
+        **run.run.trust_record(),
         "data": cfg.data_path or "test split of the run",
         "data_fingerprint": test_fingerprint,
         "same_test_split_as_training": test_fingerprint == run.info.get("data_fingerprint", {}).get("test"),

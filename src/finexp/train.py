@@ -8,6 +8,7 @@ finexp-train --help                            # every group and option
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shlex
@@ -20,7 +21,6 @@ import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
@@ -36,6 +36,8 @@ from finexp.config import config_dir, validate_config
 from finexp.models.init_from import settle_head
 from finexp.records import run_info, write_json
 from finexp.resume import clear_outcome, failure_record, plan_rerun, tracking_run_id
+from finexp.runs import initial_weights, open_teacher
+from finexp.targets import instantiate
 
 log = logging.getLogger("finexp")
 
@@ -127,7 +129,7 @@ def _train_baseline(cfg: DictConfig, datamodule: Any, monitor: str, output_dir: 
         "sampling": getattr(datamodule, "sampling_record", None),  # data.k_shot / train_fraction / train_size
     }
     write_json(output_dir / "run_info.json", run_info(cfg.seed, datamodule.fingerprints, extra))
-    estimator = instantiate(cfg.model.estimator, _convert_="all")
+    estimator = instantiate(cfg.model.estimator)
     results = run_baseline(estimator, datamodule, output_dir, cfg.task.class_weights, test=cfg.test)
     checkpoint = str(output_dir / "model.joblib")
     metrics = {"status": "completed", "monitor": monitor, "best_checkpoint": checkpoint, "epochs": 1, **results}
@@ -183,7 +185,9 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     monitor = build.resolve_monitor(cfg, datamodule.num_labels)
     if cfg.model.kind == "baseline":  # a classic model (model=tfidf_logreg, gbm): same splits, metrics, records
         return _train_baseline(cfg, datamodule, monitor, output_dir)
-    model = build.model_from(cfg, datamodule.num_labels, tokenizer, datamodule.label_names)
+    initial = initial_weights(cfg.model.init_from) if cfg.model.init_from else None  # opened before anything builds
+    model = build.model_from(cfg, datamodule.num_labels, tokenizer, datamodule.label_names, initial)
+    del initial  # copied into the model
     initialized = settle_head(model, datamodule.label_names)  # model.init_from: keep or re-initialise the head
     method, method_records = build.method_from(cfg), {}
     if method is not None:  # method=setfit: stage 1 (contrastive pairs) now; the loop below is stage 2 (the head)
@@ -196,7 +200,8 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             weight_decay=cfg.optimizer.weight_decay,
             resume=plan.ckpt_path is not None,
         )
-    module = build.module_from(cfg, model, datamodule)
+    teacher = functools.partial(open_teacher, cfg.distill.teacher) if cfg.distill.teacher else None
+    module = build.module_from(cfg, model, datamodule, teacher)
     params = count_parameters(model)
 
     loggers = build.loggers_from(cfg)
@@ -237,18 +242,23 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("federated"):  # federated=fedavg|fedprox|...: Flower rounds over simulated clients, not one fit
         federation = _federate(cfg, module, datamodule, trainer, output_dir)
     else:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path)
+        # weights_only, explicitly: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn a resumed last.ckpt into code
+        trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path, weights_only=True)
     fit_seconds = time.perf_counter() - started
     train_metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     costs = run_costs(trainer)  # now: validate/test below replace the callback metrics
 
     best = federation.best_checkpoint if federation is not None else _best_checkpoint(trainer)
     metrics: dict[str, Any] = {}
-    for result in trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False):
+    for result in trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True):
         metrics |= result
     if cfg.test:
-        for result in trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False):
+        for result in trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True):
             metrics |= result
+        if trainer.is_global_zero and cfg.test_predictions:  # per-row predictions of the best checkpoint
+            from finexp.run_predictions import write_test_predictions
+
+            write_test_predictions(output_dir, module, datamodule, cfg.task.label_column)
     metrics = {
         "status": "completed",
         "monitor": monitor,

@@ -9,8 +9,8 @@ order); otherwise it is re-initialised, and the run says so in its log and ``run
 
 from __future__ import annotations
 
-import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,13 @@ class InitialWeights:
     label_names: list[str]
 
 
-def read_initial_weights(path: str | Path) -> InitialWeights:
+def read_initial_weights(
+    path: str | Path, classifier_of: Callable[[Path], tuple[nn.Module, list[str], str]]
+) -> InitialWeights:
     """Read a finexp checkpoint or a ``finexp-export`` directory.
+
+    ``classifier_of(ckpt) -> (model, labels, adapter)`` rebuilds a checkpoint's classifier (``finexp.runs`` opens
+    runs; this module does not, so building a model never imports the run-loading code).
 
     Raises:
         FinexpError: the path is neither, or its adapter cannot be merged into the encoder (prompt/prefix tuning,
@@ -46,13 +51,11 @@ def read_initial_weights(path: str | Path) -> InitialWeights:
         if not (weights.is_file() and config.is_file()):
             hint = " (an unmerged export: base/ + adapter/ cannot seed a run)" if (where / "base").is_dir() else ""
             raise FinexpError(f"model.init_from={path}: no model.safetensors and config.json in it{hint}")
-        from safetensors.torch import load_file
+        from finexp.export.layouts import read_export_weights  # sentence-transformers layout, or the older one
 
-        state = load_file(str(weights))
-        meta = json.loads(config.read_text())
-        labels = [meta["id2label"][str(i)] for i in range(int(meta["num_labels"]))]
+        state, labels = read_export_weights(where)
     elif where.is_file():
-        state, labels = _from_checkpoint(where)
+        state, labels = _from_checkpoint(where, classifier_of)
     else:
         raise FinexpError(f"model.init_from={path}: no such checkpoint (.ckpt) or finexp-export directory")
     encoder = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
@@ -62,14 +65,15 @@ def read_initial_weights(path: str | Path) -> InitialWeights:
     return InitialWeights(str(where), encoder, head, list(labels))
 
 
-def _from_checkpoint(ckpt: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+def _from_checkpoint(
+    ckpt: Path, classifier_of: Callable[[Path], tuple[nn.Module, list[str], str]]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     from peft import PeftModel
 
     from finexp.adapters.bottleneck import BottleneckAdapter
     from finexp.adapters.peft_methods import PromptTunedEncoder
-    from finexp.export import load_classifier
 
-    model, _, labels, adapter = load_classifier(ckpt)
+    model, labels, adapter = classifier_of(ckpt)
     encoder = model.encoder
     prompts = isinstance(encoder, PromptTunedEncoder) or (
         isinstance(encoder, PeftModel) and encoder.active_peft_config.is_prompt_learning
