@@ -155,7 +155,7 @@ def test_finexp_predict_streams_files_in_chunks(ckpts, tmp_path, src, dst):
     )
     assert len(out) == 23 and summary["rows"] == 23 and summary["errors"] == 2
     assert out["customer_id"].tolist() == frame["customer_id"].tolist()  # order and pass-through columns kept
-    assert list(out.columns[-4:]) == ["predicted", "prob_no", "prob_yes", "errors"]
+    assert list(out.columns[-5:]) == ["predicted", "prob_no", "prob_yes", "flags", "errors"]
     assert out.loc[5, "errors"] == "column 'income' expects a number, got 'lots'"
     assert out.loc[17, "errors"] == "every input column is empty"
     assert out["errors"].isna().sum() == 21 and out["predicted"].isna().sum() == 2

@@ -96,6 +96,7 @@ def test_bad_rows_are_answered_in_place(client):
         "label": None,
         "probabilities": {},
         "error": "column 'income' expects a number, got 'plenty'",
+        "flags": [],
         "model_decision": None,
         "rule": None,
         "final_decision": None,

@@ -13,6 +13,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ProgressBar
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -22,12 +23,12 @@ from finexp.data.augment import Augmenter, load_synonyms
 from finexp.data.datamodule import ClassificationDataModule, Columns, DataSource, SplitPolicy
 from finexp.data.few_shot import SamplingPolicy
 from finexp.methods.setfit import SetFit
-from finexp.models.backbone import build_encoder, build_tokenizer
+from finexp.models.backbone import build_encoder, build_tokenizer, max_positions
 from finexp.models.classifier import SequenceClassifier
 from finexp.models.init_from import InitialWeights, load_encoder
 from finexp.privacy import PrivacyPlan, build_privacy
 from finexp.rules import RuleSet
-from finexp.targets import instantiate
+from finexp.targets import check_arguments, instantiate
 from finexp.tasks.classification import SequenceClassificationModule
 
 log = logging.getLogger("finexp")
@@ -315,8 +316,36 @@ def _instantiate_group(node: DictConfig | None) -> list[Any]:
     return [instantiate(entry) for entry in node.values() if entry is not None and "_target_" in entry]
 
 
+def check_call_arguments(cfg: DictConfig) -> None:
+    """Every configured object's keys against the signature of what builds it (a typo fails before data loads)."""
+    groups = {"adapter": cfg.adapter, "optimizer": cfg.optimizer, "scheduler": cfg.scheduler, "trainer": cfg.trainer}
+    for group in ("callbacks", "logger"):
+        for name, entry in (cfg.get(group) or {}).items():
+            groups[f"{group}.{name}"] = entry
+    if cfg.get("federated"):
+        groups["federated.strategy"] = cfg.federated.strategy
+    for key, node in groups.items():
+        check_arguments(node, key)
+
+
+def check_max_length(cfg: DictConfig) -> None:
+    """``data.max_length`` within the model's positions (read from its config, before any data or weights load);
+    long documents are exempt: their windows (``task.window.size``) are checked against the positions instead."""
+    m = cfg.model
+    if m.kind != "transformer" or cfg.task.problem == "long_document":
+        return
+    positions = max_positions(m.name_or_path, _plain(m.architecture), m.local_files_only)
+    if positions is not None and cfg.data.max_length > positions:
+        raise FinexpError(
+            f"data.max_length={cfg.data.max_length} exceeds the {positions} positions of model={m.name}; set "
+            f"data.max_length<={positions} (or task.problem=long_document to read longer texts in windows)"
+        )
+
+
 def callbacks_from(cfg: DictConfig) -> list[pl.Callback]:
     callbacks = _instantiate_group(cfg.get("callbacks"))
+    if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a progress bar callback then
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     reason = None
     if OmegaConf.select(cfg, "method.name") == "setfit":  # stage 1 changed the encoder it then freezes
         reason = "method=setfit: the contrastively tuned encoder"

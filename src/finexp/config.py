@@ -85,6 +85,7 @@ class TaskConfig:
     label_separator: str | None = None  # multilabel: labels in one cell, e.g. "|" for "fraud|aml" (empty cell: none)
     label_columns: list[str] | None = None  # multilabel: or one 0/1 column per label (then label_column names them)
     numeric_columns: list[str] = field(default_factory=list)  # model.fusion: numeric columns fed beside the text
+    data_hint: str = ""  # a standard dataset read from a local copy: where to get it (said when no data.path is given)
 
 
 @dataclass
@@ -415,6 +416,7 @@ class TrainConfig:
     tags: list[str] = field(default_factory=list)
     ckpt_path: str | None = None  # resume training from this checkpoint ("last": <run dir>/checkpoints/last.ckpt)
     resume: bool = True  # a rerun into a run directory of the same config: skip it if complete, else continue it
+    resume_check: bool = True  # refuse ckpt_path from another task or label set (model.init_from is for that)
     test: bool = True  # evaluate the best checkpoint on the test split after training
     test_predictions: bool = True  # with test: write test_predictions.csv (per-row predictions, finexp-report's tests)
 
@@ -692,6 +694,9 @@ def validate_config(cfg: DictConfig) -> None:
 
     sources = [k for k in ("rdataset", "path", "train_path") if data[k]]
     if not sources:
+        hint = OmegaConf.select(cfg, "task.data_hint", default="")
+        if hint:  # a standard dataset (conf/task): name it and say how to get a local copy
+            raise ConfigError(f"task '{cfg.task.name}' needs a local copy of its dataset: {hint}")
         raise ConfigError(
             f"task '{cfg.task.name}' reads your files: set data.path=FILE (finexp splits it) "
             "or data.train_path=FILE [data.val_path=FILE] [data.test_path=FILE]"

@@ -33,11 +33,10 @@ from omegaconf import DictConfig, OmegaConf
 
 import finexp
 from finexp import FinexpError, build
-from finexp.adapters.checkpoint import load_checkpoint_state
-from finexp.config import validate_config
+from finexp.data.profile import check_rows as profile_flags
+from finexp.data.profile import validate_input_profile
 from finexp.data.serialize import RowSerializer
-from finexp.evaluate import find_run_dir, load_checkpoint
-from finexp.tasks.classification import SequenceClassificationModule
+from finexp.runs import TrainedRun
 
 Rows = pd.DataFrame | Sequence[Mapping[str, Any]]
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -45,14 +44,21 @@ LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class Prediction:
-    """The model's answer for one row; ``error`` set (and ``label`` None) when the row could not be scored."""
+    """The model's answer for one row; ``error`` set (and ``label`` None) when the row could not be scored;
+    ``flags`` name where a scored row lies outside the training rows' input profile (``out_of_range:Age``)."""
 
     label: str | None
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    flags: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "probabilities": self.probabilities, "error": self.error}
+        return {
+            "label": self.label,
+            "probabilities": self.probabilities,
+            "error": self.error,
+            "flags": list(self.flags),
+        }
 
 
 @dataclass(frozen=True)
@@ -162,22 +168,21 @@ def config_hash(cfg: DictConfig | Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def predictions_from(probs: np.ndarray, errors: Sequence[str | None], labels: Sequence[str]) -> list[Prediction]:
-    """Rows of class probabilities (NaN rows for errors) -> predictions."""
+def predictions_from(
+    probs: np.ndarray,
+    errors: Sequence[str | None],
+    labels: Sequence[str],
+    flags: Sequence[Sequence[str]] | None = None,
+) -> list[Prediction]:
+    """Rows of class probabilities (NaN rows for errors) and drift flags -> predictions."""
     out = []
-    for row, error in zip(probs, errors, strict=True):
+    flags = flags if flags is not None else [()] * len(errors)
+    for row, error, row_flags in zip(probs, errors, flags, strict=True):
         if error is not None:
             out.append(Prediction(None, {}, error))
         else:
-            out.append(Prediction(labels[int(row.argmax())], {k: float(p) for k, p in zip(labels, row, strict=True)}))
+            scores = {k: float(p) for k, p in zip(labels, row, strict=True)}
+            out.append(Prediction(labels[int(row.argmax())], scores, None, tuple(row_flags)))
     return out
 
 
@@ -195,6 +200,8 @@ class Predictor:
         batch_size: rows per forward pass.
         preprocess: applied to the frame of valid rows before serialization (the run's PII masking).
         device: where the model runs.
+        input_profile: the training rows' input profile (``input_profile.json``, see
+            :mod:`finexp.data.profile`); scored rows outside it get drift ``flags``. None: no flags.
     """
 
     def __init__(
@@ -209,9 +216,12 @@ class Predictor:
         batch_size: int = 64,
         preprocess: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
         device: str | torch.device = "cpu",
+        input_profile: Mapping[str, Any] | None = None,
     ) -> None:
         if spec.text_column is None and serializer is None:
             raise ValueError("a table task needs a row serializer")
+        # checked here too: a profile is read from a run directory, which is data from elsewhere
+        self.input_profile = None if input_profile is None else validate_input_profile(input_profile, "input_profile")
         self.model = model
         if isinstance(model, torch.nn.Module):
             model.eval()
@@ -237,25 +247,11 @@ class Predictor:
             FinexpError: the checkpoint is missing or unsafe, the run is not a transformer classifier, or its
                 records are incomplete.
         """
-        ckpt = Path(ckpt_path).expanduser().resolve()
-        run_dir = find_run_dir(ckpt) if ckpt.is_file() else None
-        if run_dir is None:
-            raise FinexpError(f"checkpoint not found: {ckpt}")
-        cfg = OmegaConf.load(run_dir / "config.yaml")
-        problem = OmegaConf.select(cfg, "task.problem", default="classification")
-        if problem != "classification":
-            raise FinexpError(f"{ckpt}: task.problem={problem!r}; prediction serves classification runs only")
-        if cfg.model.get("kind", "transformer") != "transformer":
-            raise FinexpError(f"{ckpt}: model={cfg.model.name} is a baseline, not a checkpointed transformer")
-        if OmegaConf.select(cfg, "model.fusion", default=None) is not None:  # numeric features beside the text
-            raise FinexpError(f"{ckpt}: model.fusion={cfg.model.fusion} runs are not served yet (text-only models)")
-        validate_config(cfg)
-        checkpoint = load_checkpoint(ckpt)
-        info_path = run_dir / "run_info.json"
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-        labels = checkpoint.get("finexp", {}).get("label_names") or info.get("labels")
+        run = TrainedRun.open(ckpt_path)  # weights_only, config checked and read onto the schema
+        run.require("predict")
+        cfg, info, labels, info_path = run.config, run.info, run.labels, run.run_dir / "run_info.json"
         if not labels:
-            raise FinexpError(f"{ckpt}: holds no label names and {info_path} is missing")
+            raise FinexpError(f"{run.ckpt}: holds no label names and {info_path} is missing")
 
         task = cfg.task
         if task.text_column is not None:
@@ -268,33 +264,26 @@ class Predictor:
             phrases = options.pop("columns")
             serializer = RowSerializer(columns, phrases, **options)
             spec = InputSpec(columns=tuple(columns), kinds=info.get("serialized_column_kinds") or {})
-        preprocess = None
-        if OmegaConf.select(cfg, "privacy.mask_pii", default=False):
-            preprocess = build.privacy_from(cfg).mask
-
-        tokenizer = build.tokenizer_from(cfg)
-        model = build.model_from(cfg, len(labels), tokenizer, labels)
-        weight = checkpoint.get("state_dict", {}).get("loss_fn.weight")
-        module = SequenceClassificationModule(model, labels, class_weights=None if weight is None else weight.tolist())
-        load_checkpoint_state(module, checkpoint)  # parameter-efficient checkpoints hold only what trained
+        preprocess = build.privacy_from(cfg).mask if cfg.privacy.mask_pii else None
+        model, tokenizer = run.classifier()
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model.to(device)
         metadata = {
             "task": task.name,
-            "problem": problem,
+            "problem": run.problem,
             "labels": list(labels),
             "positive_label": task.positive_label,
             "input": {"text_column": task.text_column}
             if spec.text_column
             else {"columns": list(spec.columns), "kinds": dict(spec.kinds)},
             "model": cfg.model.name,
-            "adapter": info.get("choices", {}).get("adapter")
-            or str(cfg.adapter.get("_target_", "")).rsplit(".", 1)[-1],
+            "adapter": run.adapter,
             "max_length": int(cfg.data.max_length),
-            "checkpoint": str(ckpt),
-            "checkpoint_sha256": file_sha256(ckpt),
-            "config_sha256": config_hash(cfg),
+            "checkpoint": str(run.ckpt),
+            "checkpoint_sha256": run.checkpoint_sha256,
+            "config_sha256": config_hash(cfg),  # of the resolved config without paths: same experiment, same hash
+            "config_file_sha256": run.config_sha256,  # of the config.yaml trusted
             "data_fingerprint": info.get("data_fingerprint"),
             "finexp_version": finexp.__version__,
         }
@@ -309,25 +298,36 @@ class Predictor:
             batch_size,
             preprocess,
             device,
+            input_profile=run.input_profile,
         )
 
     # ----------------------------------------------------------------------------------------------------------
     def texts(self, rows: Rows) -> tuple[list[str | None], list[str | None]]:
         """The text the model reads for each row (None for an invalid row) and each row's error."""
+        texts, errors, _ = self._read_rows(rows, with_flags=False)
+        return texts, errors
+
+    def _read_rows(self, rows: Rows, with_flags: bool) -> tuple[list[str | None], list[str | None], list[list[str]]]:
+        """Texts, errors and (``with_flags`` and a profile) drift flags of each row; invalid rows get no flags."""
         frame, errors = check_rows(rows, self.spec)
         valid = [i for i, e in enumerate(errors) if e is None]
         texts: list[str | None] = [None] * len(errors)
+        flags: list[list[str]] = [[] for _ in errors]
         if valid:
             good = frame.iloc[valid].reset_index(drop=True)
             if self.preprocess is not None:
                 good = self.preprocess(good)
+            if with_flags and self.input_profile is not None:
+                # the validated, preprocessed values: what the profile of the (masked) training rows describes
+                for i, row_flags in zip(valid, profile_flags(good, self.input_profile), strict=True):
+                    flags[i] = row_flags
             if self.serializer is not None:
                 made = self.serializer(good)
             else:
                 made = good[self.spec.text_column].astype(str).tolist()
             for i, text in zip(valid, made, strict=True):
                 texts[i] = text
-        return texts, errors
+        return texts, errors, flags
 
     def probabilities_of_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities ``(len(texts), num_labels)`` of already serialized texts."""
@@ -352,17 +352,25 @@ class Predictor:
 
     def probabilities(self, rows: Rows) -> tuple[np.ndarray, list[str | None]]:
         """Class probabilities per row (a row of NaN for an invalid row) and each row's error."""
-        texts, errors = self.texts(rows)
+        probs, errors, _ = self._score(rows, with_flags=False)
+        return probs, errors
+
+    def probabilities_and_flags(self, rows: Rows) -> tuple[np.ndarray, list[str | None], list[list[str]]]:
+        """:meth:`probabilities` and each row's drift flags (``out_of_range:Age``, ...; empty without a profile)."""
+        return self._score(rows, with_flags=True)
+
+    def _score(self, rows: Rows, with_flags: bool) -> tuple[np.ndarray, list[str | None], list[list[str]]]:
+        texts, errors, flags = self._read_rows(rows, with_flags)
         probs = np.full((len(texts), len(self.labels)), np.nan, dtype=np.float32)
         valid = [i for i, t in enumerate(texts) if t is not None]
         if valid:
             probs[valid] = self.probabilities_of_texts([texts[i] for i in valid])
-        return probs, errors
+        return probs, errors, flags
 
     def predict(self, rows: Rows) -> list[Prediction]:
-        """One :class:`Prediction` per row, in order."""
-        probs, errors = self.probabilities(rows)
-        return predictions_from(probs, errors, self.labels)
+        """One :class:`Prediction` per row, in order, with its drift flags."""
+        probs, errors, flags = self.probabilities_and_flags(rows)
+        return predictions_from(probs, errors, self.labels, flags)
 
     def explain(self, rows: Rows, top_k: int = 5, n_steps: int = 32) -> list[dict[str, Any] | None]:
         """Integrated-gradients attributions (finexp.analysis.attributions) of each valid row: its ``top_k`` words
@@ -429,6 +437,7 @@ class Ensemble:
         self.members = list(members)
         self.labels = first.labels
         self.spec = first.spec
+        self.input_profile = first.input_profile
         self.metadata = {
             **{k: v for k, v in first.metadata.items() if k not in ("checkpoint", "checkpoint_sha256")},
             "ensemble": [
@@ -438,16 +447,28 @@ class Ensemble:
 
     def probabilities(self, rows: Rows) -> tuple[np.ndarray, list[str | None]]:
         """The members' mean class probabilities per row, and each row's error (the first member's reason)."""
-        records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
-        outputs = [m.probabilities(records) for m in self.members]
-        probs = np.mean([p for p, _ in outputs], axis=0)
-        errors = [next((e[i] for _, e in outputs if e[i] is not None), None) for i in range(len(records))]
-        probs[[i for i, e in enumerate(errors) if e is not None]] = np.nan
+        probs, errors, _ = self._score(rows, with_flags=False)
         return probs, errors
 
+    def probabilities_and_flags(self, rows: Rows) -> tuple[np.ndarray, list[str | None], list[list[str]]]:
+        """:meth:`probabilities` and each row's drift flags: those of any member (in the members' order)."""
+        return self._score(rows, with_flags=True)
+
+    def _score(self, rows: Rows, with_flags: bool) -> tuple[np.ndarray, list[str | None], list[list[str]]]:
+        records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
+        outputs = [m._score(records, with_flags) for m in self.members]
+        probs = np.mean([p for p, _, _ in outputs], axis=0)
+        errors = [next((e[i] for _, e, _ in outputs if e[i] is not None), None) for i in range(len(records))]
+        probs[[i for i, e in enumerate(errors) if e is not None]] = np.nan
+        flags = [
+            [] if errors[i] is not None else list(dict.fromkeys(f for _, _, fl in outputs for f in fl[i]))
+            for i in range(len(records))
+        ]
+        return probs, errors, flags
+
     def predict(self, rows: Rows) -> list[Prediction]:
-        probs, errors = self.probabilities(rows)
-        return predictions_from(probs, errors, self.labels)
+        probs, errors, flags = self.probabilities_and_flags(rows)
+        return predictions_from(probs, errors, self.labels, flags)
 
     def explain(self, rows: Rows, top_k: int = 5, n_steps: int = 32) -> list[dict[str, Any] | None]:
         """The members' attributions averaged per word and per column (a word absent from a member counts 0)."""

@@ -6,8 +6,10 @@
 
 The input (CSV, TSV, JSONL or Parquet) is read, scored and written ``chunk_rows`` rows at a time, so a file larger
 than memory streams through. Every input row comes out, in order, with its columns, ``predicted``, ``prob_<class>``
-per class, the business-rule columns when rules are configured, the top attribution tokens when asked, and
-``errors`` (empty for a scored row; the reason for a row that could not be scored).
+per class, the business-rule columns when rules are configured, the top attribution tokens when asked, ``flags``
+(where a scored row lies outside the training rows' input profile: ``out_of_range:Age; unseen_category:Job``; empty
+inside it or when the run recorded no profile) and ``errors`` (empty for a scored row; the reason for a row that
+could not be scored). A file that lacks a column the model reads is refused before any row is scored.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tqdm.auto import tqdm
 
 from finexp import FinexpError, build
 from finexp.config import config_dir, validate_serving
+from finexp.data.profile import require_columns
 from finexp.data.sources import DataError
 from finexp.inference import Ensemble, Predictor, load_predictor
 from finexp.records import write_json
@@ -164,7 +167,7 @@ def prediction_frame(
         FinexpError: an input column would be overwritten by a prediction column.
     """
     records = rows.to_dict("records")
-    probs, errors = model.probabilities(records)
+    probs, errors, flags = model.probabilities_and_flags(records)
     added: dict[str, Any] = {}
     predicted = [None if e is not None else model.labels[int(p.argmax())] for p, e in zip(probs, errors, strict=True)]
     added["predicted"] = pd.array(predicted, dtype="string")
@@ -181,6 +184,7 @@ def prediction_frame(
         if model.spec.text_column is None:
             tops = [_format_attributions(e["columns"]) if e else None for e in explained]
             added["top_columns"] = pd.array(tops, dtype="string")
+    added["flags"] = pd.array(["; ".join(f) or None for f in flags], dtype="string")
     added["errors"] = pd.array(errors, dtype="string")
     clash = [c for c in added if c in rows.columns]
     if clash:
@@ -206,14 +210,18 @@ def predict_file(
         raise FinexpError(f"output={output_path} is the input file; write somewhere else")
     chunks, total = read_chunks(input_path, chunk_rows)
     writer = ChunkWriter(output_path)
-    labels, decisions, fired = Counter(), Counter(), Counter()
-    errors, started = 0, time.perf_counter()
+    labels, decisions, fired, flagged = Counter(), Counter(), Counter(), Counter()
+    errors, flagged_rows, started = 0, 0, time.perf_counter()
     bar = tqdm(total=total, unit="rows", desc="finexp-predict", disable=not progress, file=sys.stderr)
     try:
-        for chunk in chunks:
+        for number, chunk in enumerate(chunks):
+            if number == 0:  # a CSV/Parquet header (a JSONL file's first rows) without a column the model reads
+                require_columns(chunk, model.input_profile or model.spec.required, str(input_path))
             frame = prediction_frame(chunk, model, rules, attributions, ig_steps)
             writer.write(frame)
             errors += int(frame["errors"].notna().sum())
+            flagged_rows += int(frame["flags"].notna().sum())
+            flagged.update(f for row in frame["flags"].dropna() for f in row.split("; "))
             labels.update(frame["predicted"].dropna())
             if rules is not None:
                 decisions.update(frame["final_decision"].dropna())
@@ -233,6 +241,8 @@ def predict_file(
         "output": str(output_path),
         "rows": writer.rows,
         "errors": errors,
+        "flagged_rows": flagged_rows,  # scored rows outside the training rows' input profile
+        "flags": dict(flagged),
         "predicted": dict(labels),
         **({"final_decision": dict(decisions), "rules_fired": dict(fired)} if rules is not None else {}),
         "seconds": seconds,
@@ -265,6 +275,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         f"  rows           {summary['rows']} ({summary['errors']} with errors)",
         "  predicted      " + ", ".join(f"{k}: {v}" for k, v in sorted(summary["predicted"].items())),
     ]
+    if model.input_profile is None:
+        lines.append("  flagged        (the run recorded no input profile: no drift flags)")
+    else:
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(summary["flags"].items()))
+        detail = f" ({counts})" if counts else ""
+        lines.append(f"  flagged        {summary['flagged_rows']} row(s) outside the training profile{detail}")
     if rules is not None:
         lines.append("  final decision " + ", ".join(f"{k}: {v}" for k, v in sorted(summary["final_decision"].items())))
     lines.append(f"  written to: {summary['output']}")

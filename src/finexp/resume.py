@@ -136,6 +136,47 @@ def plan_rerun(run_dir: str | Path, config: dict[str, Any], ckpt_path: str | Non
     return RerunPlan("fresh", reason="an earlier attempt left no checkpoint")
 
 
+def check_resume_checkpoint(
+    ckpt_path: str, task: str, label_names: list[str], allow_other_task: bool = False
+) -> dict[str, Any]:
+    """Read the checkpoint a run resumes from (``weights_only``, so a tampered one is refused with one line, whatever
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says) and refuse one of another task or label set.
+
+    Returns:
+        The checkpoint (Lightning reads it again itself, also with ``weights_only=True``).
+
+    Raises:
+        FinexpError: the checkpoint is unsafe or unreadable, or it belongs to another task / label set and
+            ``allow_other_task`` is false (``model.init_from`` is how a run starts from another task's weights).
+    """
+    from finexp.runs import load_checkpoint
+
+    path = Path(ckpt_path)
+    checkpoint = load_checkpoint(path)
+    saved_labels = (checkpoint.get("finexp") or {}).get("label_names")
+    saved_task = None
+    for directory in (path.parent, path.parent.parent):
+        config = directory / "config.yaml"
+        if config.is_file():
+            try:
+                saved = yaml.safe_load(config.read_text())
+            except (OSError, yaml.YAMLError):
+                saved = None
+            saved_task = ((saved or {}).get("task") or {}).get("name") if isinstance(saved, dict) else None
+            break
+    mismatch = []
+    if saved_task is not None and saved_task != task:
+        mismatch.append(f"task {saved_task!r}, this run's is {task!r}")
+    if saved_labels is not None and list(saved_labels) != list(label_names):
+        mismatch.append(f"labels {list(saved_labels)}, this run's are {list(label_names)}")
+    if mismatch and not allow_other_task:
+        raise FinexpError(
+            f"ckpt_path={ckpt_path}: a checkpoint of {' and '.join(mismatch)}; resuming continues the same run. "
+            "To start from another task's weights use model.init_from=<ckpt> (or resume_check=false to force it)"
+        )
+    return checkpoint
+
+
 def clear_outcome(run_dir: str | Path) -> None:
     """Remove the outcome files of an earlier attempt, so the directory never holds both a failure and a result."""
     for name in ("metrics.json", "error.json"):

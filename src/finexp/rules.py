@@ -32,6 +32,7 @@ from typing import Any
 
 from finexp import FinexpError
 
+MAX_CONDITION_DEPTH = 64  # AST levels; a policy rule is a handful deep
 MAX_CONDITION_CHARS = 1000  # ast.parse recurses: an absurdly long condition is refused before parsing
 _BACKTICKED = re.compile(r"`([^`]+)`")
 
@@ -277,6 +278,16 @@ class _Compiler:
         return evaluate
 
 
+def _depth(tree: ast.AST) -> int:
+    """The deepest nesting of an expression tree, walked without recursion (so any input is measured safely)."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
+
+
 def parse_condition(condition: str, rule: str = "condition") -> tuple[Evaluator, list[str]]:
     """Parse one condition safely.
 
@@ -306,6 +317,10 @@ def parse_condition(condition: str, rule: str = "condition") -> tuple[Evaluator,
         raise RuleError(f"rule {rule!r}: `{condition}` is not a valid condition: {err.msg}{hint}") from None
     except (RecursionError, MemoryError, ValueError):
         raise RuleError(f"rule {rule!r}: `{condition[:80]}...` is too deeply nested") from None
+    if _depth(tree) > MAX_CONDITION_DEPTH:  # the compiler and the evaluators recurse: bound it before they run
+        raise RuleError(
+            f"rule {rule!r}: `{condition[:80]}` is nested more than {MAX_CONDITION_DEPTH} levels deep; simplify it"
+        )
     compiler = _Compiler(rule, aliases)
     evaluate = compiler.condition(tree.body)
     return evaluate, compiler.columns

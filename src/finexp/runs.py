@@ -204,14 +204,9 @@ class TrainedRun:
     @property
     def input_profile(self) -> dict[str, Any] | None:
         """The training rows' input profile (``input_profile.json``; finexp-predict/-serve flag rows outside it)."""
-        path = self.run_dir / "input_profile.json"
-        if not path.is_file():
-            return None
-        try:
-            profile = json.loads(path.read_text())
-        except ValueError as err:
-            raise FinexpError(f"{path}: not valid JSON ({err})") from err
-        return profile if isinstance(profile, dict) else None
+        from finexp.data.profile import load_input_profile
+
+        return load_input_profile(self.run_dir / "input_profile.json")
 
     def trust_record(self) -> dict[str, str]:
         """What was trusted: the files and their SHA-256 (printed by the entry points and kept in their records)."""

@@ -171,3 +171,34 @@ def instantiate(node: Any, source: str = "the config", **kwargs: Any) -> Any:
         check_target(target, key, source)
         verify_class_family(target, key, source)
     return hydra_instantiate(node, _convert_="all", **kwargs)
+
+
+def check_arguments(node: Any, key: str) -> None:
+    """Refuse keys of ``node`` that its ``_target_`` does not accept (``+optimizer.lrr=1``), before anything runs.
+
+    Hydra would only find out when the object is built, after the data and the model have loaded (or, for a partial
+    like the optimizer, inside ``fit``). Targets taking ``**kwargs`` accept anything and are not checked.
+
+    Raises:
+        FinexpError: naming the key, the target and the arguments it takes.
+    """
+    import inspect
+
+    if not hasattr(node, "items") or "_target_" not in node:
+        return
+    target = node["_target_"]
+    try:
+        obj = _resolve(str(target))
+        signature = inspect.signature(obj)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return  # unresolvable targets are instantiate's to report; builtins without signatures are not checked
+    params = signature.parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    accepted = {p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL}
+    unknown = [name for name in node if not str(name).startswith("_") and name not in accepted]
+    if unknown:
+        raise FinexpError(
+            f"{key}.{unknown[0]} is not an argument of {target} (it takes: {', '.join(sorted(accepted))}); "
+            f"remove it or fix the spelling"
+        )

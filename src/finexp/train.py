@@ -33,9 +33,12 @@ from finexp.analysis.regression import analyze_regression, predict_targets
 from finexp.baselines import run_baseline
 from finexp.callbacks import run_costs
 from finexp.config import config_dir, validate_config
+from finexp.data.profile import build_input_profile
+from finexp.loggers import CSVLogger
 from finexp.models.init_from import settle_head
+from finexp.multirun import failed_jobs
 from finexp.records import run_info, write_json
-from finexp.resume import clear_outcome, failure_record, plan_rerun, tracking_run_id
+from finexp.resume import check_resume_checkpoint, clear_outcome, failure_record, plan_rerun, tracking_run_id
 from finexp.runs import initial_weights, open_teacher
 from finexp.targets import instantiate
 
@@ -164,6 +167,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _run(cfg: DictConfig) -> dict[str, Any]:
     validate_config(cfg)
+    build.check_call_arguments(cfg)
+    build.check_max_length(cfg)
     output_dir = Path(cfg.paths.output_dir)
     _tracking(cfg, output_dir)
     plan = plan_rerun(output_dir, OmegaConf.to_container(cfg, resolve=True), cfg.ckpt_path, cfg.resume)
@@ -183,6 +188,11 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = build.datamodule_from(cfg, tokenizer, privacy=privacy)
     datamodule.prepare()
     monitor = build.resolve_monitor(cfg, datamodule.num_labels)
+    resume_epoch = None
+    if plan.ckpt_path is not None:  # read safely and checked before Lightning restores it
+        resumed = check_resume_checkpoint(plan.ckpt_path, cfg.task.name, datamodule.label_names, not cfg.resume_check)
+        resume_epoch = int(resumed.get("epoch", -1))
+        del resumed
     if cfg.model.kind == "baseline":  # a classic model (model=tfidf_logreg, gbm): same splits, metrics, records
         return _train_baseline(cfg, datamodule, monitor, output_dir)
     initial = initial_weights(cfg.model.init_from) if cfg.model.init_from else None  # opened before anything builds
@@ -205,6 +215,9 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     params = count_parameters(model)
 
     loggers = build.loggers_from(cfg)
+    for logger in loggers:  # a resumed run keeps the CSV rows of the epochs its checkpoint holds
+        if isinstance(logger, CSVLogger):
+            logger.resume_epoch = resume_epoch
     trainer = build.trainer_from(cfg, build.callbacks_from(cfg) + privacy.callbacks(), loggers)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if trainer.is_global_zero:
@@ -227,6 +240,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
             },
         )
         write_json(output_dir / "run_info.json", info)
+        _write_input_profile(cfg, datamodule, output_dir)
     for logger in trainer.loggers:
         logger.log_hyperparams({**resolved, "choices": _hydra_choices(), **params})
         logger.log_metrics(params, step=0)
@@ -280,6 +294,20 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         write_json(output_dir / "metrics.json", metrics)
         _print_summary(metrics, output_dir, _wandb_hint(trainer))
     return metrics
+
+
+def _write_input_profile(cfg: DictConfig, datamodule: Any, output_dir: Path) -> None:
+    """``input_profile.json``: type, range, categories and text lengths of each input column of the train split, as
+    read (finexp-predict and -serve flag rows outside it). Problem types whose rows are not table/text rows (NER
+    sentences, prompts) have none."""
+    splits = getattr(datamodule, "splits", None)
+    if splits is None or not hasattr(splits, "train") or cfg.task.problem in ("token_classification", "generation"):
+        return
+    if cfg.task.text_column is not None:
+        columns, kinds = [cfg.task.text_column], {cfg.task.text_column: "free_text"}
+    else:
+        columns, kinds = datamodule.serialized_columns, datamodule.serialized_column_kinds
+    write_json(output_dir / "input_profile.json", build_input_profile(splits.train, columns, kinds))
 
 
 def _federate(
@@ -374,6 +402,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Console-script entry point (``finexp-train``)."""
     _hydra_main()
+    failed = failed_jobs()  # a multirun: its summary line is printed; a failed job fails the command
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from finexp.data.folds import cross_validation_fold
 from finexp.data.serialize import RowSerializer, column_kinds
 from finexp.data.sources import DataError, read_rdataset, read_table, require_columns
 from finexp.data.splits import Splits, fingerprint, stratified_split, time_ordered_split
+
+log = logging.getLogger("finexp")
 
 
 @dataclass
@@ -199,8 +202,9 @@ class ClassificationDataModule(SplitLoaders):
     def _check_missing(frame: pd.DataFrame, column: str, origin: str, what: str) -> None:
         values = frame[column]
         bad = values.isna()
-        if values.dtype == object:
-            bad |= values.astype(str).str.strip().eq("")
+        if not pd.api.types.is_numeric_dtype(values):  # object, string and pandas 3's str columns alike
+            present = values[~bad]
+            bad.loc[present.index] = present.astype(str).str.strip().eq("")
         if bad.any():
             rows = bad[bad].index[:5].tolist()
             raise DataError(
@@ -309,7 +313,9 @@ class ClassificationDataModule(SplitLoaders):
             self.fingerprints[name] = fingerprint(texts, labels)
             if name == "train" and self.train_label_transform is not None:
                 labels = self.train_label_transform(labels, texts, len(self.label_names))
-            ids = tokenize_cached(self.tokenizer, texts, self.max_length, self.cache_dir)
+            ids = tokenize_cached(
+                self.tokenizer, clip_long_texts(texts, self.max_length, name), self.max_length, self.cache_dir
+            )
             self.datasets[name] = TokenizedDataset(ids, labels, self._numeric(frame, name))
         self.splits = splits
 
@@ -364,6 +370,34 @@ class ClassificationDataModule(SplitLoaders):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+
+CHARS_PER_TOKEN_BOUND = 100  # no tokenizer finexp knows keeps fewer tokens than one per 100 characters of text
+
+
+def clip_long_texts(texts: list[str], max_length: int, split: str) -> list[str]:
+    """Texts cut to ``CHARS_PER_TOKEN_BOUND * max_length`` characters before tokenizing, with a warning saying how
+    many rows and characters truncation drops anyway: a 50 MB cell would otherwise be tokenized whole (minutes and
+    gigabytes) only for all but its first ``max_length`` tokens to be thrown away. ``max_length`` of the long-document
+    reader (no truncation) keeps texts whole."""
+    limit = CHARS_PER_TOKEN_BOUND * max_length
+    if max_length >= 10**8 or not texts:
+        return texts
+    long_rows = [i for i, text in enumerate(texts) if len(text) > limit]
+    if not long_rows:
+        return texts
+    cut = sum(len(texts[i]) - limit for i in long_rows)
+    longest = max(len(texts[i]) for i in long_rows)
+    log.warning(
+        "%d %s row(s) are far longer than data.max_length=%d tokens (longest %s characters): at least %s characters "
+        "are cut; raise data.max_length or use task.problem=long_document to read them whole",
+        len(long_rows),
+        split,
+        max_length,
+        f"{longest:,}",
+        f"{cut:,}",
+    )
+    return [text[:limit] if len(text) > limit else text for text in texts]
 
 
 def _label_name(value: object) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pandas as pd
@@ -40,7 +41,23 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DataError(f"{path}: could not be read ({type(err).__name__}: {err})") from err
     if frame.empty:
         raise DataError(f"{path}: has no rows")
+    _check_header(path, frame)
     return frame
+
+
+def _check_header(path: Path, frame: pd.DataFrame) -> None:
+    """Refuse a header that names a column twice: pandas would silently rename the second ``text.1``."""
+    if path.suffix.lower() in (".csv", ".tsv"):
+        with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+            header = next(csv.reader(handle, delimiter="\t" if path.suffix.lower() == ".tsv" else ","), [])
+    else:
+        header = [str(c) for c in frame.columns]
+    seen: dict[str, int] = {}
+    for name in header:
+        seen[name.strip()] = seen.get(name.strip(), 0) + 1
+    twice = [f"{name!r} ({count}x)" for name, count in seen.items() if count > 1]
+    if twice:
+        raise DataError(f"{path}: the header names column(s) more than once: {', '.join(twice)}; rename them")
 
 
 def read_rdataset(name: str) -> pd.DataFrame:

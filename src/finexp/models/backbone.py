@@ -91,3 +91,19 @@ def config_from_architecture(
     if vocab_size is not None:
         kwargs.setdefault("vocab_size", vocab_size)
     return AutoConfig.for_model(model_type, **kwargs)
+
+
+def max_positions(
+    name_or_path: str | None, architecture: dict[str, Any] | None, local_files_only: bool = False
+) -> int | None:
+    """How many token positions the model has (``max_position_embeddings`` / ``n_positions``), read from its config
+    alone (no weights); None when the architecture has no fixed limit."""
+    if name_or_path is not None:
+        config = load_pretrained(AutoConfig, name_or_path, "model config", local_files_only)
+    else:
+        config = config_from_architecture(architecture, None, "bert, gpt2", "a model")
+    for key in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
