@@ -72,7 +72,7 @@ def classification_datamodule(
     ``datamodule_class``: a subclass for another kind of label (regression, multi-label) reusing this pipeline.
     """
     task, data = cfg.task, cfg.data
-    mask_pii = OmegaConf.select(cfg, "privacy.mask_pii", default=False)  # absent in configs saved before masking
+    mask_pii = cfg.privacy.mask_pii
     masking = (privacy or privacy_from(cfg)).mask if mask_pii else None
     serialization = _plain(task.serialization)
     phrases = serialization.pop("columns")
@@ -95,8 +95,8 @@ def classification_datamodule(
             data.max_rows,
             data.time_column,
             data.test_from,
-            cv_folds=OmegaConf.select(data, "cv.folds"),  # absent in configs saved before cross-validation
-            cv_fold=OmegaConf.select(data, "cv.fold", default=0),
+            cv_folds=data.cv.folds,
+            cv_fold=data.cv.fold,
         ),
         positive_label=task.positive_label,
         max_length=data.max_length,
@@ -105,7 +105,7 @@ def classification_datamodule(
         group_by_length=data.group_by_length,
         num_workers=data.num_workers,
         cache_dir=data.cache_dir,
-        seed=cfg.get("seed", 0),
+        seed=cfg.seed,
         label_names=label_names,
         preprocess=masking,
         train_label_transform=privacy.labels if privacy is not None else None,
@@ -118,8 +118,8 @@ def classification_datamodule(
 
 def augmenter_from(cfg: DictConfig) -> Augmenter | None:
     """The training-split augmentation of ``data.augment`` (None when ``copies`` is 0 or the key is absent)."""
-    augment = OmegaConf.select(cfg, "data.augment")
-    if augment is None or not augment.copies:
+    augment = cfg.data.augment
+    if not augment.copies:
         return None
     return Augmenter(
         copies=augment.copies,
@@ -134,18 +134,18 @@ def augmenter_from(cfg: DictConfig) -> Augmenter | None:
 def sampling_from(cfg: DictConfig) -> SamplingPolicy:
     """The few-shot / reduced-data policy (``data.k_shot``, ``train_fraction``, ``train_size``, ``k_shot_seed``)."""
     data = cfg.data
-    return SamplingPolicy(  # select: absent in configs saved before few-shot sampling existed
-        k_shot=OmegaConf.select(data, "k_shot"),
-        train_fraction=OmegaConf.select(data, "train_fraction"),
-        train_size=OmegaConf.select(data, "train_size"),
-        seed=OmegaConf.select(data, "k_shot_seed", default=cfg.get("seed", 0)),
-        by_class=OmegaConf.select(cfg, "task.problem", default="classification") == "classification",
+    return SamplingPolicy(
+        k_shot=data.k_shot,
+        train_fraction=data.train_fraction,
+        train_size=data.train_size,
+        seed=data.k_shot_seed,
+        by_class=cfg.task.problem == "classification",
     )
 
 
 def privacy_from(cfg: DictConfig) -> PrivacyPlan:
     """The run's privacy pieces (``conf/privacy``): PII masker, label randomizer, DP-SGD callback."""
-    return build_privacy(seed=cfg.get("seed", 0), label_column=cfg.task.label_column, **_plain(cfg.privacy))
+    return build_privacy(seed=cfg.seed, label_column=cfg.task.label_column, **_plain(cfg.privacy))
 
 
 def rules_from(cfg: DictConfig) -> RuleSet | None:
@@ -181,7 +181,7 @@ def classification_model(
     """Encoder + pooling + linear head over ``num_labels`` outputs, with the adapter applied (``method=prompt``:
     a masked LM scoring label words instead)."""
     m = cfg.model
-    if OmegaConf.select(cfg, "method.name") == "prompt":
+    if cfg.method.name == "prompt":
         return _with_adapter(cfg, prompt_model(cfg, num_labels, tokenizer))
     fused = len(fusion_columns(cfg))
     model = SequenceClassifier(
@@ -347,9 +347,9 @@ def callbacks_from(cfg: DictConfig) -> list[pl.Callback]:
     if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a progress bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     reason = None
-    if OmegaConf.select(cfg, "method.name") == "setfit":  # stage 1 changed the encoder it then freezes
+    if cfg.method.name == "setfit":  # stage 1 changed the encoder it then freezes
         reason = "method=setfit: the contrastively tuned encoder"
-    elif OmegaConf.select(cfg, "model.init_from"):
+    elif cfg.model.init_from:
         reason = "model.init_from: the encoder of an earlier run"
     for callback in callbacks:
         if reason and isinstance(callback, TrainableOnlyCheckpoint) and callback.enabled:
@@ -419,7 +419,7 @@ def _splits_and_batches(cfg: DictConfig) -> dict[str, Any]:
         "eval_batch_size": data.eval_batch_size,
         "group_by_length": data.group_by_length,
         "num_workers": data.num_workers,
-        "seed": cfg.get("seed", 0),
+        "seed": cfg.seed,
     }
 
 
@@ -471,9 +471,9 @@ def token_classification_module(cfg: DictConfig, model: nn.Module, datamodule: A
 
 def fusion_columns(cfg: DictConfig) -> list[str]:
     """``model.fusion=concat``: the numeric columns fused with the text (``task.numeric_columns``); else none."""
-    if OmegaConf.select(cfg, "model.fusion") is None:  # absent in configs saved before fusion
+    if cfg.model.fusion is None:
         return []
-    return list(_plain(OmegaConf.select(cfg, "task.numeric_columns")) or [])
+    return list(_plain(cfg.task.numeric_columns) or [])
 
 
 def fit_fusion_statistics(model: nn.Module, datamodule: Any) -> None:
@@ -576,7 +576,7 @@ def generation_module(cfg: DictConfig, model: nn.Module, datamodule: Any) -> pl.
         top_k=gen.top_k,
         num_examples=gen.num_examples,
         samples_path=Path(cfg.paths.output_dir) / "generations.txt",
-        seed=cfg.get("seed", 0),
+        seed=cfg.seed,
     )
 
 
@@ -602,7 +602,7 @@ def long_document_datamodule(
         eval_batch_size=data.eval_batch_size,
         group_by_length=data.group_by_length,
         num_workers=data.num_workers,
-        seed=cfg.get("seed", 0),
+        seed=cfg.seed,
     )
 
 
@@ -730,7 +730,7 @@ PROBLEMS: dict[str, Problem] = {
 
 
 def problem_of(cfg: DictConfig) -> Problem:
-    problem = OmegaConf.select(cfg, "task.problem", default="classification")
+    problem = cfg.task.problem
     if problem not in PROBLEMS:
         raise FinexpError(f"task.problem={problem!r}: unknown problem type; allowed: {', '.join(sorted(PROBLEMS))}")
     return PROBLEMS[problem]

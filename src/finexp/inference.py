@@ -498,3 +498,14 @@ def load_predictor(ckpt_paths: str | Iterable[str], batch_size: int = 64, device
         raise FinexpError("ckpt is empty: give a checkpoint path (or several, comma-separated, for an ensemble)")
     members = [Predictor.from_checkpoint(p, batch_size=batch_size, device=device) for p in paths]
     return members[0] if len(members) == 1 else Ensemble(members)
+
+
+def trust_lines(model: Predictor | Ensemble, command: str) -> list[str]:
+    """One line per checkpoint a command trusts: the checkpoint and the config.yaml it was rebuilt from, with their
+    SHA-256 (the full hashes are in the command's records: ``metadata`` of predict_summary.json, GET /metadata)."""
+    members = getattr(model, "members", [model])
+    return [
+        f"{command}: trusting {m.metadata.get('checkpoint')} sha256={str(m.metadata.get('checkpoint_sha256'))[:16]}… "
+        f"(config.yaml sha256={str(m.metadata.get('config_file_sha256'))[:16]}…)"
+        for m in members
+    ]

@@ -33,7 +33,7 @@ from finexp import FinexpError, build
 from finexp.config import config_dir, validate_serving
 from finexp.data.profile import require_columns
 from finexp.data.sources import DataError
-from finexp.inference import Ensemble, Predictor, load_predictor
+from finexp.inference import Ensemble, Predictor, load_predictor, trust_lines
 from finexp.records import write_json
 from finexp.rules import RuleError, RuleSet
 
@@ -267,11 +267,16 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         model, input_path, output, rules, cfg.chunk_rows, cfg.attributions, cfg.ig_steps, cfg.progress
     )
     summary["metadata"] = model.metadata
+    summary["trusted"] = [  # the checkpoint(s) and config(s) this run rebuilt its model from
+        {k: m.metadata.get(k) for k in ("checkpoint", "checkpoint_sha256", "config_file_sha256")}
+        for m in getattr(model, "members", [model])
+    ]
     summary["rules"] = rules.describe() if rules is not None else None
     write_json(Path(cfg.paths.output_dir) / "predict_summary.json", summary)
     lines = [
         "",
         "finexp predictions",
+        *(f"  {line}" for line in trust_lines(model, "finexp-predict")),
         f"  rows           {summary['rows']} ({summary['errors']} with errors)",
         "  predicted      " + ", ".join(f"{k}: {v}" for k, v in sorted(summary["predicted"].items())),
     ]

@@ -53,7 +53,7 @@ from starlette.concurrency import run_in_threadpool
 
 from finexp import FinexpError, build
 from finexp.config import ConfigError, config_dir, validate_serving
-from finexp.inference import Ensemble, Predictor, load_predictor
+from finexp.inference import Ensemble, Predictor, load_predictor, trust_lines
 from finexp.predict import bind_rules, ckpt_list, ensemble_argv
 from finexp.rules import RuleSet
 
@@ -526,6 +526,7 @@ def serve(cfg: DictConfig) -> None:
     if not keys and settings.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("finexp-serve: listening on %s without an API key (serve.api_key_env/api_key_file)", settings.host)
     meta = model.metadata
+    print("\n".join(trust_lines(model, "finexp-serve")), flush=True)
     sources = [f"serve.{k}={settings[k]}" for k in ("api_key_env", "api_key_file") if settings[k]]
     print(
         f"finexp-serve: {meta['task']} ({', '.join(model.labels)}), "
