@@ -8,14 +8,15 @@ Steps (each a separate finexp process, as a user would run them):
 
 1. the teacher: ``finexp-train model=minilm`` on credit scoring, ``--teacher-epochs`` epochs of ``--teacher-batches``
    batches (the short budget: 40 x 32 = 1,280 of the 3,117 train rows by default); val and test splits are whole;
-2. ``finexp-export ... quantize=int8`` and ``finexp-export ... format=onnx`` of the teacher: each measures its form
-   against fp32 PyTorch on the run's test split (interleaved batches, ``--rounds`` repeats, medians);
+2. ``finexp-export ... format=onnx quantize=int8`` of the teacher: fp32 ONNX Runtime and int8 ONNX Runtime (dynamic
+   quantization) measured against fp32 PyTorch on the run's test split (interleaved batches, ``--rounds`` repeats,
+   medians); ``scripts/bench_export_int8.py`` prints the same comparison as a table;
 3. the student: ``finexp-train experiment=distill distill.teacher=<teacher>`` (tiny BERT, 2 layers, hidden 32), and
    the same student trained without the teacher (``distill.teacher=null``) to show what the soft targets add;
 4. the student's speedup: teacher and student (both fp32 PyTorch) timed on the same test batches, interleaved.
 
-Targets: int8 throughput >= 1.5x fp32 and test accuracy drop <= 1 point; ONNX Runtime vs PyTorch eager throughput
-reported; the student's share of the teacher's test AUROC and its speedup reported.
+Targets: int8 (ONNX Runtime) throughput >= 1.5x fp32 PyTorch and test accuracy drop <= 1 point; ONNX Runtime fp32 vs
+PyTorch eager throughput reported; the student's share of the teacher's test AUROC and its speedup reported.
 """
 
 from __future__ import annotations
@@ -81,17 +82,17 @@ def student_speedup(teacher_ckpt: str, teacher_dir: Path, student_dir: Path, rou
     """Teacher and student (fp32 PyTorch) on the teacher run's test batches, interleaved."""
     from transformers import AutoTokenizer
 
-    from finexp.evaluate import load_run
     from finexp.export.compress import interleaved_timing, measurement_batches, torch_runner
-    from finexp.export.modeling_finexp import FinexpForSequenceClassification
+    from finexp.export.layouts import ExportedClassifier
+    from finexp.runs import TrainedRun
 
     vocab = [AutoTokenizer.from_pretrained(d, trust_remote_code=False).get_vocab() for d in (teacher_dir, student_dir)]
     if vocab[0] != vocab[1]:
         raise SystemExit("teacher and student tokenizers differ: time them on their own tokenizations")
-    batches, _ = measurement_batches(load_run(teacher_ckpt).datamodule, rows)
+    batches, _ = measurement_batches(TrainedRun.open(teacher_ckpt).datamodule(), rows)
     runners = {
-        "teacher": torch_runner(FinexpForSequenceClassification.from_pretrained(teacher_dir)),
-        "student": torch_runner(FinexpForSequenceClassification.from_pretrained(student_dir)),
+        "teacher": torch_runner(ExportedClassifier.from_dir(teacher_dir)),
+        "student": torch_runner(ExportedClassifier.from_dir(student_dir)),
     }
     _, seconds = interleaved_timing(runners, batches, rounds)
     rows = sum(len(b["input_ids"]) for b in batches)
@@ -108,7 +109,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timing repeats (medians per batch)")
     parser.add_argument("--speed-rows", type=int, help="test rows timed for the student's speedup (default: all)")
     parser.add_argument(
-        "--parts", default="int8,onnx,distill", help="which measurements (comma-separated; run them apart in parallel)"
+        "--parts", default="int8,distill", help="which measurements (comma-separated; run them apart in parallel)"
     )
     args = parser.parse_args()
     out = args.out.resolve()
@@ -132,43 +133,32 @@ def main() -> None:
     results: dict = {"teacher": {k: v for k, v in teacher.items() if k.startswith(("test/", "params/", "time/"))}}
     if "int8" in parts:
         results["int8"] = bench_int8(teacher_ckpt, out, args.rounds)
-    if "onnx" in parts:
-        results["onnx"] = bench_onnx(teacher_ckpt, out, args.rounds)
     if "distill" in parts:
         results |= bench_distill(teacher, teacher_ckpt, out, args.student_epochs, args.rounds, args.speed_rows)
     (out / f"bench_compress_{'_'.join(sorted(parts))}.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 def bench_int8(teacher_ckpt: str, out: Path, rounds: int) -> dict:
-    int8 = export(teacher_ckpt, out / "teacher-int8", "quantize=int8", f"rounds={rounds}")
-    ok_speed, ok_acc = int8["change/speedup"] >= 1.5, int8["change/test_accuracy_points"] >= -1.0
+    """fp32 PyTorch, fp32 ONNX Runtime and int8 ONNX Runtime of the teacher, on its test split."""
+    s = export(teacher_ckpt, out / "teacher-onnx-int8", "format=onnx", "quantize=int8", f"rounds={rounds}")
+    speedup, points = s["change/onnx_int8/speedup"], s["change/onnx_int8/test_accuracy_points"]
+    ok_speed, ok_acc = speedup >= 1.5, points >= -1.0
     print(
-        f"int8 dynamic ({int8['rows']} test rows, {int8['rounds']} rounds, {int8['threads']} threads): "
-        f"fp32 {int8['fp32/rows_per_s']:.1f} rows/s, int8 {int8['int8/rows_per_s']:.1f} rows/s, "
-        f"speedup {int8['change/speedup']:.2f}x (target >= 1.5x: {'PASS' if ok_speed else 'FAIL'})\n"
-        f"int8 accuracy fp32 {int8['fp32/test_accuracy']:.4f} -> int8 {int8['int8/test_accuracy']:.4f}, "
-        f"change {int8['change/test_accuracy_points']:+.2f} points (target >= -1: {'PASS' if ok_acc else 'FAIL'}); "
-        f"auroc {int8['fp32/test_auroc']:.4f} -> {int8['int8/test_auroc']:.4f}; "
-        f"agreement {int8['int8/prediction_agreement']:.4f}\n"
-        f"int8 size {int8['fp32/size_mb']:.1f} MB -> {int8['int8/size_mb']:.1f} MB "
-        f"({int8['change/size_ratio']:.2f}x; embeddings stay fp32)",
+        f"int8 ONNX Runtime ({s['rows']} test rows, {s['rounds']} rounds, {s['threads']} threads): "
+        f"fp32 PyTorch {s['fp32/rows_per_s']:.1f} rows/s, fp32 ONNX {s['onnx/rows_per_s']:.1f} rows/s, "
+        f"int8 ONNX {s['onnx_int8/rows_per_s']:.1f} rows/s, speedup {speedup:.2f}x "
+        f"(target >= 1.5x: {'PASS' if ok_speed else 'FAIL'})\n"
+        f"int8 accuracy fp32 {s['fp32/test_accuracy']:.4f} -> int8 {s['onnx_int8/test_accuracy']:.4f}, "
+        f"change {points:+.2f} points (target >= -1: {'PASS' if ok_acc else 'FAIL'}); "
+        f"auroc {s['fp32/test_auroc']:.4f} -> {s['onnx_int8/test_auroc']:.4f}; "
+        f"agreement {s['onnx_int8/prediction_agreement']:.4f}; max |logit diff| "
+        f"{s['onnx_int8/max_abs_logit_diff']:.3g} (tolerance {s['onnx_int8/tolerance']:g})\n"
+        f"size fp32 {s['fp32/size_mb']:.1f} MB, ONNX {s['onnx/size_mb']:.1f} MB, "
+        f"int8 ONNX {s['onnx_int8/size_mb']:.1f} MB "
+        f"({s['change/onnx_int8/size_ratio']:.2f}x)",
         flush=True,
     )
-
-    return int8
-
-
-def bench_onnx(teacher_ckpt: str, out: Path, rounds: int) -> dict:
-    onnx = export(teacher_ckpt, out / "teacher-onnx", "format=onnx", f"rounds={rounds}")
-    print(
-        f"onnx ({onnx['rows']} test rows, {onnx['rounds']} rounds): PyTorch eager {onnx['fp32/rows_per_s']:.1f} "
-        f"rows/s, ONNX Runtime {onnx['onnx/rows_per_s']:.1f} rows/s, speedup {onnx['change/speedup']:.2f}x; "
-        f"max |logit diff| {onnx['onnx/max_abs_diff']:.2e} (tolerance {onnx['onnx/tolerance']:g}); "
-        f"size {onnx['onnx/size_mb']:.1f} MB",
-        flush=True,
-    )
-
-    return onnx
+    return s
 
 
 def bench_distill(

@@ -14,6 +14,8 @@ import torch
 from captum.attr import LayerIntegratedGradients
 from torch import nn
 
+from finexp.progress import progress
+
 
 @dataclass
 class Explanation:
@@ -92,7 +94,7 @@ def integrated_gradients(
     ig = LayerIntegratedGradients(score, _embedding_layer(model))
     explanations = []
     try:
-        for i, text in enumerate(texts):
+        for i, text in enumerate(progress(texts, desc="explaining (integrated gradients)", unit="row")):
             enc = tokenizer(
                 text,
                 truncation=True,

@@ -24,6 +24,7 @@ from finexp.analysis import fairness as fair
 from finexp.analysis import metrics as m
 from finexp.analysis import plots
 from finexp.analysis.report import Section, table, write_report
+from finexp.progress import progress
 from finexp.records import write_json
 
 log = logging.getLogger("finexp")
@@ -66,7 +67,7 @@ def predict(model: nn.Module, loader: DataLoader) -> Predictions:
     device = next(model.parameters()).device
     index, probs, labels = [], [], []
     try:
-        for batch in loader:
+        for batch in progress(loader, desc="report: predicting", unit="batch"):
             fused = [batch["features"].to(device)] if "features" in batch else []  # model.fusion: numeric columns
             logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), *fused)
             probs.append(logits.float().softmax(-1).cpu())
@@ -407,13 +408,18 @@ def run_sections(
 
 
 def log_images(loggers: list[Any], out: Path, names: list[str]) -> None:
-    """Send the report's figures to every active W&B logger as images (keys ``analysis/<figure>``)."""
-    from pytorch_lightning.loggers import WandbLogger
+    """Send the report's figures to every active W&B logger as images (keys ``analysis/<figure>``) and to every
+    MLflow logger as artifacts (``analysis/<figure>.png``, with ``report.md`` when written)."""
+    from pytorch_lightning.loggers import MLFlowLogger, WandbLogger
 
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             for name in names:
                 logger.log_image(key=f"analysis/{Path(name).stem}", images=[str(out / name)])
+        elif isinstance(logger, MLFlowLogger):
+            for path in [out / name for name in names] + [out / "report.md"]:
+                if path.is_file():
+                    logger.experiment.log_artifact(logger.run_id, str(path), artifact_path="analysis")
 
 
 def scalar_metrics(results: dict[str, Any]) -> dict[str, float]:

@@ -1,33 +1,30 @@
-"""Smaller and faster forms of an exported classifier: dynamic int8 quantization and ONNX, each measured on data.
+"""ONNX and ONNX int8 forms of an exported classifier, each checked and measured on the run's test split.
 
-``finexp-export CKPT OUT quantize=int8`` and ``finexp-export CKPT OUT format=onnx`` call :func:`compress`, which
-starts from the merged Hugging Face directory :func:`finexp.export.export` writes and adds
+``finexp-export CKPT OUT format=onnx [quantize=int8]`` calls :func:`compress`, which starts from the
+sentence-transformers directory :func:`finexp.export.export` writes (read back as
+:class:`~finexp.export.layouts.ExportedClassifier`) and adds
 
-- ``model.int8.pt``: the state of the model with every ``nn.Linear`` dynamically quantized to int8 (weights int8,
-  activations quantized per batch at run time; CPU only). :func:`load_quantized` loads it back (``torch.load`` with
-  ``weights_only=True``). Embeddings and layer norms stay fp32, so the size shrinks by less than 4x on models whose
-  parameters sit mostly in the embedding table (MiniLM: half of them).
 - ``model.onnx``: the model traced by ``torch.export`` (the dynamo exporter; inputs ``input_ids`` and
   ``attention_mask``, output ``logits``, batch and sequence axes dynamic), checked with onnxruntime against the
-  PyTorch logits on the measurement rows; the export fails when the largest absolute difference exceeds the
-  tolerance.
+  PyTorch logits on the measurement rows; the export fails when the largest absolute difference exceeds
+  ``onnx_tolerance``.
+- with ``quantize=int8``, ``model.int8.onnx``: ``onnxruntime.quantization.quantize_dynamic`` of ``model.onnx``
+  (int8 weights of the MatMul/Gemm nodes, activations quantized per batch at run time; embeddings stay fp32), checked
+  against fp32 PyTorch with ``int8_tolerance``. It replaces the PyTorch int8 form finexp wrote before
+  (``torch.ao.quantization.quantize_dynamic``, deprecated in torch 2.10+).
 
-Both write ``export_summary.json``: accuracy (and AUROC for binary tasks) of each form on the rows measured (the run's
-test split), file sizes, and CPU throughput timed on the same batches, interleaved (the forms alternate batch by
-batch, in alternating order) and repeated; medians per batch are reported, so a busy machine slows both alike.
+Both write ``export_summary.json``: accuracy (and AUROC for binary tasks) of each form on the rows measured, file
+sizes, and CPU throughput timed on the same batches, interleaved (the forms alternate batch by batch, in alternating
+order) and repeated; medians per batch are reported, so a busy machine slows every form alike.
 """
 
 from __future__ import annotations
 
-import copy
-import importlib.util
-import json
 import logging
 import statistics
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,122 +33,15 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from finexp import FinexpError
-from finexp.export.modeling_finexp import FinexpForSequenceClassification
+from finexp.export.layouts import ExportedClassifier
+from finexp.export.options import ExportOptions
 
 log = logging.getLogger("finexp")
 
-INT8_FILE = "model.int8.pt"
 ONNX_FILE = "model.onnx"
-SUMMARY_FILE = "export_summary.json"
+INT8_FILE = "model.int8.onnx"
 Batch = dict[str, torch.Tensor]
 Runner = Callable[[Batch], torch.Tensor]
-
-
-@dataclass(frozen=True)
-class CompressOptions:
-    """What ``finexp-export`` does beyond the Hugging Face directory.
-
-    Attributes:
-        format: ``hf`` (the directory only) or ``onnx`` (also ``model.onnx``, checked with onnxruntime).
-        quantize: ``none`` or ``int8`` (dynamic int8 ``nn.Linear`` layers, ``model.int8.pt``).
-        onnx_tolerance: largest absolute logit difference ONNX Runtime may show against PyTorch.
-        rounds: timing repeats over the measurement batches (medians are reported).
-        max_rows: measure on at most this many test rows (None: the whole test split).
-    """
-
-    format: str = "hf"
-    quantize: str = "none"
-    onnx_tolerance: float = 1e-4
-    rounds: int = 3
-    max_rows: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.format not in ("hf", "onnx"):
-            raise FinexpError(f"format={self.format!r} is not allowed: choose hf or onnx")
-        if self.quantize not in ("none", "int8"):
-            raise FinexpError(f"quantize={self.quantize!r} is not allowed: choose none or int8")
-        if self.format == "onnx" and self.quantize != "none":
-            raise FinexpError(
-                "format=onnx with quantize=int8 is not supported: export the int8 PyTorch model (quantize=int8) or "
-                "the fp32 ONNX model (format=onnx)"
-            )
-        if self.format == "onnx":
-            missing = [p for p in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(p) is None]
-            if missing:
-                raise FinexpError(f"format=onnx needs {', '.join(missing)}: pip install 'finexp[onnx]'")
-        if not self.onnx_tolerance > 0:
-            raise FinexpError(f"onnx_tolerance={self.onnx_tolerance} is not allowed: must be > 0")
-        if self.rounds < 1:
-            raise FinexpError(f"rounds={self.rounds} is not allowed: must be >= 1")
-        if self.max_rows is not None and self.max_rows < 1:
-            raise FinexpError(f"max_rows={self.max_rows} is not allowed: must be >= 1 or unset")
-
-    @property
-    def active(self) -> bool:
-        return self.format != "hf" or self.quantize != "none"
-
-    @classmethod
-    def parse(cls, tokens: Sequence[str]) -> CompressOptions:
-        """``["quantize=int8", "rounds=5"]`` (the command line's ``KEY=VALUE`` words) -> options."""
-        kinds = {"format": str, "quantize": str, "onnx_tolerance": float, "rounds": int, "max_rows": int}
-        values: dict[str, Any] = {}
-        for token in tokens:
-            key, sep, value = token.partition("=")
-            if not sep or key not in kinds:
-                raise FinexpError(f"{token!r}: expected KEY=VALUE with KEY one of {', '.join(kinds)}")
-            try:
-                values[key] = kinds[key](value)
-            except ValueError:
-                raise FinexpError(f"{token!r}: {key} must be a {kinds[key].__name__}") from None
-        return cls(**values)
-
-
-class LogitsOnly(nn.Module):
-    """``(input_ids, attention_mask) -> logits`` of an exported classifier: a plain tensor out, for tracing."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-
-
-# --------------------------------------------------------------------------------------------------------------
-# int8
-# --------------------------------------------------------------------------------------------------------------
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` (in eval mode) with every ``nn.Linear`` dynamically quantized to int8 (CPU inference)."""
-    from torch.ao.quantization import quantize_dynamic
-
-    with warnings.catch_warnings():
-        # torch 2.10+ deprecates torch.ao eager quantization in favour of torchao, which has no dynamic int8 x86
-        # kernel for nn.Linear that beats it on CPU yet; the API still works in this torch.
-        warnings.filterwarnings("ignore", message="torch.ao.quantization is deprecated", category=DeprecationWarning)
-        warnings.filterwarnings(
-            "ignore", message="torch.quantize_per_tensor, torch.quantize_per_channel", category=UserWarning
-        )
-        return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
-
-
-def load_quantized(directory: str | Path) -> nn.Module:
-    """The int8 model ``finexp-export ... quantize=int8`` wrote to ``directory`` (CPU, eval mode).
-
-    Builds the architecture from ``config.json`` (no fp32 weights are read), quantizes it the same way and loads
-    ``model.int8.pt`` with ``torch.load(weights_only=True)``.
-    """
-    directory = Path(directory)
-    path = directory / INT8_FILE
-    if not path.is_file():
-        raise FinexpError(f"{path} not found: export with `finexp-export CKPT {directory} quantize=int8`")
-    config = FinexpForSequenceClassification.config_class.from_pretrained(directory)
-    model = quantize_int8(FinexpForSequenceClassification(config))
-    with warnings.catch_warnings():
-        # torch's own unpickler of quantized tensors still goes through TypedStorage; nothing for us to change
-        warnings.filterwarnings("ignore", message="TypedStorage is deprecated", category=UserWarning)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model.eval()
 
 
 def file_mb(path: Path) -> float:
@@ -205,24 +95,42 @@ def onnx_runner(path: str | Path, threads: int | None = None) -> Runner:
 
 
 def torch_runner(model: nn.Module) -> Runner:
+    """``(input_ids, attention_mask) -> logits`` module (eval mode, no grad) as ``batch -> logits``."""
     model.eval()
 
     def run(batch: Batch) -> torch.Tensor:
         with torch.inference_mode():
-            return LogitsOnly(model)(batch["input_ids"], batch["attention_mask"])
+            return model(batch["input_ids"], batch["attention_mask"])
 
     return run
 
 
-def check_onnx(reference: Sequence[torch.Tensor], candidate: Sequence[torch.Tensor], tolerance: float) -> float:
-    """Largest absolute difference between ONNX Runtime's and PyTorch's logits; raises above ``tolerance``."""
+def check_logits(
+    reference: Sequence[torch.Tensor], candidate: Sequence[torch.Tensor], tolerance: float, key: str = "onnx_tolerance"
+) -> float:
+    """Largest absolute difference between a candidate's logits and PyTorch's; raises above ``tolerance``."""
     diff = max(float((c - r).abs().max()) for r, c in zip(reference, candidate, strict=True))
     if not diff <= tolerance:
         raise FinexpError(
-            f"ONNX Runtime's logits differ from PyTorch's by up to {diff:.3g}, above onnx_tolerance={tolerance:g}; "
-            "the ONNX model was not kept"
+            f"the exported model's logits differ from PyTorch's by up to {diff:.3g}, above {key}={tolerance:g}; "
+            "the file was not kept"
         )
     return diff
+
+
+def quantize_onnx_int8(source: str | Path, target: str | Path) -> Path:
+    """ONNX Runtime dynamic int8 quantization of ``source`` (weights int8, activations per batch) into ``target``."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    target = Path(target)
+    prepared = target.with_name(target.stem + ".pre.onnx")
+    try:
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)  # shapes + folding, as ORT advises
+        quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
+    finally:
+        prepared.unlink(missing_ok=True)
+    return target
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -287,52 +195,47 @@ def measurement_batches(datamodule: Any, max_rows: int | None) -> tuple[list[Bat
     return batches, torch.cat([b["labels"] for b in batches])
 
 
-def compress(out_dir: str | Path, datamodule: Any, options: CompressOptions) -> dict[str, Any]:
-    """Add the int8 or ONNX form to an exported directory, measure it against fp32 PyTorch on the test split and
-    write ``export_summary.json``. Returns the summary."""
+def compress(out_dir: str | Path, datamodule: Any, options: ExportOptions) -> dict[str, Any]:
+    """Add ``model.onnx`` (and with ``quantize=int8`` ``model.int8.onnx``) to an exported sentence-transformers
+    directory, check and measure them against fp32 PyTorch on the test split. Returns the measurements."""
     out = Path(out_dir)
-    fp32 = FinexpForSequenceClassification.from_pretrained(out).eval()
+    fp32 = ExportedClassifier.from_dir(out)  # measure what was saved, loaded back
     batches, labels = measurement_batches(datamodule, options.max_rows)
     summary: dict[str, Any] = {
-        "format": options.format,
-        "quantize": options.quantize,
         "rows": len(labels),
         "threads": torch.get_num_threads(),
         "rounds": options.rounds,
-        "fp32/size_mb": file_mb(out / "model.safetensors"),
+        "fp32/size_mb": file_mb(out / "model.safetensors") + file_mb(out / "2_Dense" / "model.safetensors"),
     }
-    runners = {"fp32": torch_runner(fp32)}
+    first = batches[0]  # one real row, twice: any example of at least 2 x 2 tokens traces the same graph
+    sample = {k: first[k][:1].repeat(2, 1) for k in ("input_ids", "attention_mask")}
+    export_onnx(fp32, out / ONNX_FILE, sample)
+    runners = {"fp32": torch_runner(fp32), "onnx": onnx_runner(out / ONNX_FILE)}
+    summary["onnx/size_mb"] = file_mb(out / ONNX_FILE)
     if options.quantize == "int8":
-        int8 = quantize_int8(fp32)
-        torch.save(int8.state_dict(), out / INT8_FILE)
-        runners["int8"] = torch_runner(load_quantized(out))  # measure what was saved, loaded back
-        summary["int8/size_mb"] = file_mb(out / INT8_FILE)
-        new = "int8"
-    else:
-        first = batches[0]  # one real row, twice: any example of at least 2 x 2 tokens traces the same graph
-        sample = {k: first[k][:1].repeat(2, 1) for k in ("input_ids", "attention_mask")}
-        export_onnx(LogitsOnly(fp32), out / ONNX_FILE, sample)
-        runners["onnx"] = onnx_runner(out / ONNX_FILE)
-        summary["onnx/size_mb"] = file_mb(out / ONNX_FILE)
-        new = "onnx"
+        quantize_onnx_int8(out / ONNX_FILE, out / INT8_FILE)
+        runners["onnx_int8"] = onnx_runner(out / INT8_FILE)
+        summary["onnx_int8/size_mb"] = file_mb(out / INT8_FILE)
     logits, report = measure(runners, batches, labels, options.rounds)
     summary |= report
-    if new == "onnx":
+    checks = {"onnx": (ONNX_FILE, options.onnx_tolerance, "onnx_tolerance")}
+    if options.quantize == "int8":
+        checks["onnx_int8"] = (INT8_FILE, options.int8_tolerance, "int8_tolerance")
+    for form, (name, tolerance, key) in checks.items():
         try:
-            summary["onnx/max_abs_diff"] = check_onnx([logits["fp32"]], [logits["onnx"]], options.onnx_tolerance)
-        except FinexpError:
-            (out / ONNX_FILE).unlink()
-            raise
-        summary["onnx/tolerance"] = options.onnx_tolerance
-    else:
-        summary["int8/max_abs_logit_diff"] = float((logits["int8"] - logits["fp32"]).abs().max())
-    summary[f"{new}/prediction_agreement"] = float((logits[new].argmax(-1) == logits["fp32"].argmax(-1)).float().mean())
-    summary["change/size_ratio"] = summary[f"{new}/size_mb"] / summary["fp32/size_mb"]
-    summary["change/speedup"] = summary[f"{new}/rows_per_s"] / summary["fp32/rows_per_s"]
-    for metric in ("accuracy", "auroc"):
-        if f"fp32/test_{metric}" in summary:
-            summary[f"change/test_{metric}_points"] = 100 * (
-                summary[f"{new}/test_{metric}"] - summary[f"fp32/test_{metric}"]
-            )
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+            summary[f"{form}/max_abs_logit_diff"] = check_logits([logits["fp32"]], [logits[form]], tolerance, key)
+        except FinexpError as err:
+            for file in (ONNX_FILE, INT8_FILE):
+                (out / file).unlink(missing_ok=True)
+            raise FinexpError(f"{name}: {err}") from None
+        summary[f"{form}/tolerance"] = tolerance
+    for form in checks:
+        agree = (logits[form].argmax(-1) == logits["fp32"].argmax(-1)).float().mean()
+        summary[f"{form}/prediction_agreement"] = float(agree)
+        summary[f"change/{form}/size_ratio"] = summary[f"{form}/size_mb"] / summary["fp32/size_mb"]
+        summary[f"change/{form}/speedup"] = summary[f"{form}/rows_per_s"] / summary["fp32/rows_per_s"]
+        for metric in ("accuracy", "auroc"):
+            if f"fp32/test_{metric}" in summary:
+                change = summary[f"{form}/test_{metric}"] - summary[f"fp32/test_{metric}"]
+                summary[f"change/{form}/test_{metric}_points"] = 100 * change
     return summary

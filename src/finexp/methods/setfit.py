@@ -31,6 +31,7 @@ from finexp import FinexpError
 from finexp.data.batching import PadCollator, TokenizedDataset
 from finexp.models.classifier import pool
 from finexp.optim import linear_warmup, parameter_groups
+from finexp.progress import progress
 
 log = logging.getLogger("finexp")
 
@@ -152,7 +153,7 @@ def embed(model: nn.Module, dataset: TokenizedDataset, pad_token_id: int, batch_
     device = next(model.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=PadCollator(pad_token_id))
     out = []
-    for batch in loader:
+    for batch in progress(loader, desc="setfit: embedding", unit="batch"):
         mask = batch["attention_mask"].to(device)
         hidden = model.encoder(input_ids=batch["input_ids"].to(device), attention_mask=mask).last_hidden_state
         out.append(pool(hidden, mask, model.pooling).float().cpu())

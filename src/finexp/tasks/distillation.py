@@ -23,6 +23,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from finexp import FinexpError
+from finexp.progress import progress
 from finexp.tasks.classification import OptimizerFactory, SchedulerFactory, SequenceClassificationModule
 
 log = logging.getLogger("finexp")
@@ -73,7 +74,7 @@ def compute_teacher_logits(
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     device = next(teacher.parameters()).device
     out: torch.Tensor | None = None
-    for start in range(0, len(order), batch_size):
+    for start in progress(range(0, len(order), batch_size), desc="teacher labelling", unit="batch"):
         rows = order[start : start + batch_size]
         encoded = tokenizer(
             [texts[i] for i in rows], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
