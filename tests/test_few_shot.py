@@ -99,7 +99,7 @@ def test_k_shot_larger_than_a_class_fails_before_training(make_cfg, sentiment_cs
 def test_regression_targets_are_sampled_by_size_not_by_class(make_cfg, applicants_csv):
     overrides = ["task=table_classification", f"data.path={applicants_csv}", "task.label_column=debt"]
     overrides += ["task.problem=regression", "task.exclude_columns=[customer_id]", "task.monitor=val/rmse"]
-    with pytest.raises(ConfigError, match=r"data\.k_shot=4 is not allowed: needs task\.problem=classification"):
+    with pytest.raises(ConfigError, match=r"task\.problem=regression does not support data\.k_shot=4"):
         validate_config(make_cfg(*overrides, "data.k_shot=4"))
     cfg = make_cfg(*overrides, "data.train_size=50")
     validate_config(cfg)

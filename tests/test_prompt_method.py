@@ -107,7 +107,7 @@ def test_label_words_follow_the_datamodules_label_order(make_cfg, sentiment_csv)
         ([VERBALIZER, "method.template='{text} is fine'"], r"method\.template"),
         ([VERBALIZER, "privacy=dp_sgd"], "not with privacy=dp_sgd"),
         ([VERBALIZER, "model.init_from=/tmp/none.ckpt"], "not with model.init_from"),
-        ([VERBALIZER, "task.problem=regression"], "needs task.problem=classification"),
+        ([VERBALIZER, "task.problem=regression"], "does not support method=prompt"),
     ],
 )
 def test_prompt_settings_are_checked(make_cfg, sentiment_csv, overrides, message):

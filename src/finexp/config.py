@@ -16,12 +16,12 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 
-from finexp import FinexpError
+from finexp.problems.capabilities import ConfigError
+from finexp.problems.capabilities import require as _require
+from finexp.problems.compat import check_compatibility
 from finexp.targets import check_targets
 
-
-class ConfigError(FinexpError):
-    """A config value that composes but makes no sense."""
+__all__ = ["ConfigError", "check_compatibility"]  # ConfigError lives beside the capability table (no torch there)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -503,15 +503,7 @@ class EvalConfig:
     rules: RulesConfig = field(default_factory=RulesConfig)  # model + rules metrics beside the model's own
 
 
-ALLOWED = {
-    "task.problem": (
-        "classification",
-        "token_classification",
-        "generation",
-        "long_document",
-        "regression",
-        "multilabel",
-    ),
+ALLOWED = {  # task.problem: the registered problem types (finexp.problems), checked by check_compatibility
     "model.fusion": (None, "concat"),
     "task.class_weights": (None, "balanced"),
     "model.pooling": ("mean", "cls", "last"),
@@ -619,11 +611,6 @@ register_resolvers()
 # --------------------------------------------------------------------------------------------------------------
 # Value checks
 # --------------------------------------------------------------------------------------------------------------
-def _require(ok: bool, key: str, value: object, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
-
-
 def _missing(cfg: DictConfig, key: str) -> bool:
     node = OmegaConf.select(cfg, key, throw_on_missing=False)
     return node is None or OmegaConf.is_missing(cfg, key)
@@ -721,8 +708,8 @@ def validate_config(cfg: DictConfig) -> None:
     _validate_privacy(cfg)
     _validate_distill(cfg)
     _validate_federated(cfg)
-    _validate_problem(cfg)
-    _validate_row_problems(cfg)
+    _validate_fusion(cfg)
+    check_compatibility(cfg)  # what the problem type supports (finexp.problems), then its own settings
 
 
 # Lightning strategies that need a package beside Lightning: checked before the trainer is built, so a missing
@@ -751,10 +738,6 @@ def _validate_sampling(cfg: DictConfig) -> None:
     _require(len(given) <= 1, "data", {k: data[k] for k in given}, allowed)
     for key in ("k_shot", "train_size"):
         _require(data.get(key) is None or data[key] >= 1, f"data.{key}", data.get(key), "must be >= 1 or null")
-    problem = OmegaConf.select(cfg, "task.problem", default="classification")
-    if data.get("k_shot") is not None:
-        hint = f"needs task.problem=classification (not {problem}); use data.train_fraction or data.train_size"
-        _require(problem == "classification", "data.k_shot", data.k_shot, hint)
     fraction = data.get("train_fraction")
     _require(fraction is None or 0 < fraction <= 1, "data.train_fraction", fraction, "must be in (0, 1] or null")
     augment = data.get("augment")
@@ -777,7 +760,6 @@ def _validate_sampling(cfg: DictConfig) -> None:
         _validate_prompt(cfg)
     if method is None or method.name != "setfit":
         return
-    _require(cfg.task.problem == "classification", "method", "setfit", "needs task.problem=classification")
     _require(cfg.model.get("kind", "transformer") == "transformer", "method", "setfit", "needs an encoder model")
     _require(cfg.privacy.name != "dp_sgd", "method", "setfit", "stage 1 is not differentially private: not dp_sgd")
     _require(method.num_pairs is None or method.num_pairs >= 2, "method.num_pairs", method.num_pairs, ">= 2 or null")
@@ -796,7 +778,6 @@ def _plain_value(node: Any) -> Any:
 def _validate_prompt(cfg: DictConfig) -> None:
     """``method=prompt`` (PET): a classification task on a masked-LM encoder, a pattern and one entry per label."""
     method, name = cfg.method, "prompt"
-    _require(cfg.task.problem == "classification", "method", name, "needs task.problem=classification")
     _require(cfg.model.get("kind", "transformer") == "transformer", "method", name, "needs a masked-LM encoder")
     _require(cfg.privacy.name != "dp_sgd", "method", name, "not with privacy=dp_sgd (the MLM head ties weights)")
     _require(OmegaConf.select(cfg, "model.fusion") is None, "method", name, "not with model.fusion (text only)")
@@ -817,8 +798,6 @@ def _validate_distill(cfg: DictConfig) -> None:
     _require(distill.temperature > 0, "distill.temperature", distill.temperature, "must be > 0")
     _require(0 <= distill.alpha <= 1, "distill.alpha", distill.alpha, "must be in [0, 1]")
     _require(distill.teacher_batch_size >= 1, "distill.teacher_batch_size", distill.teacher_batch_size, "must be >= 1")
-    problem = OmegaConf.select(cfg, "task.problem", default="classification")
-    _require(problem == "classification", "distill.teacher", distill.teacher, "needs task.problem=classification")
     kind = cfg.model.get("kind", "transformer")
     _require(kind == "transformer", "distill.teacher", distill.teacher, f"the student must be an encoder, not {kind}")
     _require(
@@ -833,79 +812,19 @@ def _validate_distill(cfg: DictConfig) -> None:
     _require(not federated, "federated", "on", "distillation trains centrally: federated=none with a teacher")
 
 
-def _validate_problem(cfg: DictConfig) -> None:
-    """Settings of the problem types beyond classification (``task.scheme``, ``task.window``, ``task.generation``)."""
-    task = cfg.task
-    problem = task.problem
-    if problem not in ("token_classification", "generation", "long_document"):
+def _validate_fusion(cfg: DictConfig) -> None:
+    """``model.fusion`` beside the other options (which problem types fuse: ``check_compatibility``)."""
+    fusion = cfg.model.fusion
+    if fusion is None:
         return
-    kind = cfg.model.get("kind", "transformer")
-    _require(kind == "transformer", "model.kind", kind, f"task.problem={problem} needs a transformer model")
-    _require(cfg.privacy.name == "none", "privacy.name", cfg.privacy.name, f"must be none with task.problem={problem}")
-    mask = OmegaConf.select(cfg, "privacy.mask_pii", default=False)
-    _require(not mask, "privacy.mask_pii", mask, f"must be false with task.problem={problem} (not wired there yet)")
-    if problem == "token_classification":
-        _require(task.scheme in ("IOB1", "IOB2"), "task.scheme", task.scheme, "choose IOB1 or IOB2")
-    elif problem == "long_document":
-        window = task.window
-        _require(window.size >= 8, "task.window.size", window.size, "must be >= 8 tokens")
-        _require(1 <= window.stride <= window.size, "task.window.stride", window.stride, "must be in [1, size]")
-        _require(window.aggregate in ("mean", "max"), "task.window.aggregate", window.aggregate, "choose mean or max")
-        limit = window.max_windows
-        _require(limit is None or limit >= 1, "task.window.max_windows", limit, "must be >= 1 or null")
-    else:
-        gen = task.generation
-        _require(gen.max_new_tokens >= 1, "task.generation.max_new_tokens", gen.max_new_tokens, "must be >= 1")
-        _require(gen.temperature > 0, "task.generation.temperature", gen.temperature, "must be > 0")
-        _require(gen.top_k is None or gen.top_k >= 1, "task.generation.top_k", gen.top_k, "must be >= 1 or null")
-        _require(gen.num_examples >= 0, "task.generation.num_examples", gen.num_examples, "must be >= 0")
-
-
-def _validate_row_problems(cfg: DictConfig) -> None:
-    """Regression and multi-label (one target per row, classification pipeline), and ``model.fusion``."""
-    task, data = cfg.task, cfg.data
-    problem = task.problem
-    fusion = OmegaConf.select(cfg, "model.fusion")
-    if fusion is not None:
-        _require(
-            problem in ("classification", "regression", "multilabel"),
-            "model.fusion",
-            fusion,
-            f"needs task.problem=classification, regression or multilabel (not {problem})",
-        )
-        if not OmegaConf.select(cfg, "task.numeric_columns"):
-            raise ConfigError("model.fusion=concat needs task.numeric_columns=[...] (the numeric columns to fuse)")
-        _require(cfg.privacy.name != "dp_sgd", "model.fusion", fusion, "not with privacy=dp_sgd (text-only probe)")
-        explain = OmegaConf.select(cfg, "analysis.explain", default=False)
-        _require(not explain, "analysis.explain", explain, "must be false with model.fusion (explains text only)")
-        method, teacher = OmegaConf.select(cfg, "method.name"), OmegaConf.select(cfg, "distill.teacher")
-        _require(method in (None, "finetune"), "method.name", method, "must be finetune with model.fusion")
-        _require(not teacher, "distill.teacher", teacher, "must be null with model.fusion (text-only students)")
-    if problem not in ("regression", "multilabel"):
-        return
-    kind = cfg.model.get("kind", "transformer")
-    _require(kind == "transformer", "model.kind", kind, f"task.problem={problem} needs a transformer model")
-    name = cfg.privacy.name
-    _require(name == "none", "privacy.name", name, f"must be none with task.problem={problem} (privacy.mask_pii works)")
-    _require(task.positive_label is None, "task.positive_label", task.positive_label, f"null for {problem}")
-    _require(task.class_weights is None, "task.class_weights", task.class_weights, f"must be null for {problem}")
-    teacher = OmegaConf.select(cfg, "distill.teacher")
-    _require(not teacher, "distill.teacher", teacher, f"distillation is classification only, not {problem}")
-    for key in ("k_shot", "cv.folds"):  # data.train_fraction / train_size sample such tasks unstratified
-        value = OmegaConf.select(data, key)
-        _require(value is None, f"data.{key}", value, f"must be null with task.problem={problem} (stratified by class)")
-    if problem == "regression":
-        explain = OmegaConf.select(cfg, "analysis.explain", default=False)
-        _require(not explain, "analysis.explain", explain, "must be false with task.problem=regression")
-        _require(task.loss in ("mse", "huber"), "task.loss", task.loss, "choose mse or huber")
-        _require(task.huber_delta > 0, "task.huber_delta", task.huber_delta, "must be > 0")
-    else:
-        given = [k for k in ("label_separator", "label_columns") if task.get(k)]
-        if len(given) != 1:
-            raise ConfigError(
-                "task.problem=multilabel needs exactly one of task.label_separator (several labels in one cell, "
-                f"e.g. '|') and task.label_columns (one 0/1 column per label); given: {given or 'neither'}"
-            )
+    if not cfg.task.numeric_columns:
+        raise ConfigError("model.fusion=concat needs task.numeric_columns=[...] (the numeric columns to fuse)")
+    _require(cfg.privacy.name != "dp_sgd", "model.fusion", fusion, "not with privacy=dp_sgd (text-only probe)")
+    explain = cfg.analysis.explain
+    _require(not explain, "analysis.explain", explain, "must be false with model.fusion (explains text only)")
+    method, teacher = cfg.method.name, cfg.distill.teacher
+    _require(method == "finetune", "method.name", method, "must be finetune with model.fusion")
+    _require(not teacher, "distill.teacher", teacher, "must be null with model.fusion (text-only students)")
 
 
 def _validate_federated(cfg: DictConfig) -> None:
@@ -951,8 +870,6 @@ def _validate_federated(cfg: DictConfig) -> None:
     )
     method = OmegaConf.select(cfg, "method.name", default="finetune")
     _require(method == "finetune", "method.name", method, "federated clients train with method=finetune")
-    problem = OmegaConf.select(cfg, "task.problem", default="classification")
-    _require(problem == "classification", "task.problem", problem, "federated runs support classification")
     trainer = cfg.trainer
     devices, strategy = trainer.get("devices", 1), trainer.get("strategy", "auto")
     _require(devices in (1, "1", "auto"), "trainer.devices", devices, "must be 1 with federated (one process)")

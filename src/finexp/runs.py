@@ -30,21 +30,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from finexp import FinexpError
-from finexp.targets import check_targets
+from finexp.problems import supporting
+from finexp.targets import check_targets, iter_targets, verify_class_family
 
 log = logging.getLogger("finexp")
-
-# What each capability needs of a run; finexp-eval reads every problem type.
-SERVING_PROBLEMS = ("classification",)
-CAPABILITIES: dict[str, tuple[str, ...]] = {
-    "evaluate": ("classification", "token_classification", "generation", "long_document", "regression", "multilabel"),
-    "explain": ("classification",),
-    "predict": SERVING_PROBLEMS,
-    "serve": SERVING_PROBLEMS,
-    "export": ("classification", "long_document", "token_classification"),
-    "init_from": ("classification", "regression", "multilabel", "long_document"),
-    "teacher": ("classification",),
-}
 
 
 def file_sha256(path: Path) -> str:
@@ -130,12 +119,15 @@ def read_run_config(path: Path) -> DictConfig:
         raise FinexpError(f"{path}: not a finexp run config (a mapping of groups)")
     _refuse_interpolations(saved, path)
     check_targets(saved, str(path))
+    for key, target in iter_targets(saved):  # torch.optim.sgd.torch.load names a family, but is no optimizer
+        verify_class_family(target, key, str(path))
     try:
         cfg = OmegaConf.merge(_schema(saved), saved)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
+        reason = str(err.msg).splitlines()[0]  # OmegaConf appends full_key/object_type lines: keep one line
         raise FinexpError(
-            f"{path}: key {key} does not fit finexp's run schema ({type(err).__name__}: {err.msg})"
+            f"{path}: key {key} does not fit finexp's run schema ({type(err).__name__}: {reason})"
         ) from err
     assert isinstance(cfg, DictConfig)
     try:
@@ -228,7 +220,7 @@ class TrainedRun:
 
     def require(self, capability: str) -> None:
         """Stop with one clear line when this run cannot do ``capability`` (``predict``, ``export`` …)."""
-        problems = CAPABILITIES[capability]
+        problems = supporting(capability)
         cfg = self.config
         if cfg.model.kind != "transformer":
             raise FinexpError(f"{self.ckpt}: model={cfg.model.name} is a baseline, not a checkpointed transformer")
