@@ -29,6 +29,14 @@ NEEDS = {
     ("task", "answer_generation"): ["data.path=x.jsonl", "model=tiny_gpt"],
     ("task", "compliance_review"): ["data.path=x.csv"],
     ("task", "complaint_tags"): ["data.path=x.csv"],
+    ("task", "fpb"): ["data.path=x.csv"],  # standard datasets: a local copy
+    ("task", "fpb_allagree"): ["data.path=x.csv"],  # standard datasets: a local copy
+    ("task", "tfns"): ["data.path=x.csv"],  # standard datasets: a local copy
+    ("task", "banking77"): ["data.path=x.csv"],  # standard datasets: a local copy
+    ("task", "fiqa_sa"): ["data.path=x.csv"],  # standard datasets: a local copy
+    ("task", "fiqa_sa_3class"): ["data.path=x.csv"],  # standard datasets: a local copy
+    ("task", "finer_ord"): ["data.path=x.conll"],  # standard datasets: a local copy
+    ("task", "german_credit"): ["data.path=x.csv"],  # standard datasets: a local copy
     ("model", "hf"): ["model.name_or_path=some/model"],
     ("experiment", "distill"): ["distill.teacher=teacher.ckpt"],
     ("method", "prompt"): ["method.verbalizer={no:bad,yes:good}"],

@@ -13,14 +13,14 @@ from typing import Any
 
 import pandas as pd
 
-from finexp.report import AGGREGATED, Run, _differences, _mean_std, _number, _primary, _setting, group_value
+from finexp.runs_table import AGGREGATED, Run, differences, group_value, mean_std, number, primary, setting
 
 SIZE_KEYS = ("data.k_shot", "data.train_size", "data.train_fraction")
 
 
 def curve_x(run: Run, x: str) -> tuple[float | None, bool]:
     """The run's x value, and whether it stands for all the training rows (a null data-size key)."""
-    value = _number(group_value(run, x))
+    value = number(group_value(run, x))
     if value is not None or x not in SIZE_KEYS:
         return value, False
     rows = (run.info.get("rows") or {}).get("train")
@@ -44,19 +44,19 @@ def learning_curve(runs: list[Run], by: str, x: str) -> pd.DataFrame:
         groups.setdefault(str(group_value(run, by)), []).append(run)
     rows = []
     for name, members in groups.items():
-        differing = [k for k in _differences(members) if k != x and k not in AGGREGATED]
+        differing = [k for k in differences(members) if k != x and k not in AGGREGATED]
         points: dict[tuple[str, float, bool], list[Run]] = {}
         for run in members:
             value, is_all = curve_x(run, x)
             if value is None:
                 continue
-            setting = _setting(run)
-            label = ", ".join(f"{k}={setting.get(k)}" for k in differing)
+            values = setting(run)
+            label = ", ".join(f"{k}={values.get(k)}" for k in differing)
             line = f"{name} ({label})" if label else name
             points.setdefault((line, round(value, 6), is_all), []).append(run)
         for (line, value, is_all), subset in points.items():
-            mean, std, n = _mean_std(_primary(r)[1] for r in subset)
-            metric = " / ".join(sorted({_primary(r)[0] for r in subset}))
+            mean, std, n = mean_std(primary(r)[1] for r in subset)
+            metric = " / ".join(sorted({primary(r)[0] for r in subset}))
             rows.append({by: line, x: value, "all": is_all, "metric": metric, "mean": mean, "std": std, "runs": n})
     frame = pd.DataFrame(rows, columns=[by, x, "all", "metric", "mean", "std", "runs"])
     return frame.sort_values([by, x]).reset_index(drop=True)
