@@ -31,6 +31,15 @@ FAST = [  # what every in-process test run shares: tiny model, CSV logger, quick
 ]
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``@pytest.mark.gpu`` tests skip, saying why, where torch sees no CUDA device (the rest of the suite runs)."""
+    if item.get_closest_marker("gpu") is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip(f"needs a CUDA device: torch {torch.__version__} sees none (torch.cuda.is_available() false)")
+
+
 @pytest.fixture
 def make_cfg(tmp_path: Path) -> Iterator[Callable[..., DictConfig]]:
     """Compose ``conf/<config_name>.yaml`` with overrides, writing into ``tmp_path`` instead of ./outputs."""
@@ -68,13 +77,24 @@ BEARISH = [
 ]
 
 
-def sentiment_frame(n: int = 160, seed: int = 0) -> pd.DataFrame:
-    """An easy two-class text task: the wording decides the label."""
+NEUTRAL = [
+    "shares flat ahead of results",
+    "annual meeting scheduled for may",
+    "board names new auditor",
+    "trading volume in line with average",
+    "company reaffirms guidance",
+]
+PHRASES = {"bullish": BULLISH, "bearish": BEARISH, "neutral": NEUTRAL}
+
+
+def sentiment_frame(n: int = 160, seed: int = 0, neutral: bool = False) -> pd.DataFrame:
+    """An easy text task: the wording decides the label. Two classes; with ``neutral``, every third row is a third
+    class with its own wording."""
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        label = "bullish" if i % 2 else "bearish"
-        phrase = rng.choice(BULLISH if label == "bullish" else BEARISH)
+        label = "neutral" if neutral and i % 3 == 0 else ("bullish" if i % 2 else "bearish")
+        phrase = rng.choice(PHRASES[label])
         rows.append({"id": i, "headline": f"{rng.choice(['ACME', 'Globex', 'Initech'])} {phrase}", "sentiment": label})
     return pd.DataFrame(rows)
 

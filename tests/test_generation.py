@@ -62,8 +62,10 @@ def test_generation_runs_end_to_end_with_its_metrics(make_cfg, qa_jsonl):
     cfg = make_cfg(
         *GPT,
         f"data.path={qa_jsonl}",
-        "trainer.max_epochs=1",
-        "task.generation.max_new_tokens=4",
+        "trainer.max_epochs=20",  # 7 steps an epoch: the four answers are memorised by about epoch 15
+        "optimizer.lr=1e-2",
+        "data.batch_size=4",
+        "task.generation.max_new_tokens=12",  # the longest answer is 9 tokens + the end token
         "task.generation.num_examples=2",
     )
     metrics = train(cfg)
@@ -71,7 +73,9 @@ def test_generation_runs_end_to_end_with_its_metrics(make_cfg, qa_jsonl):
     for key in ("val/loss", "val/perplexity", "test/loss", "test/perplexity", "test/exact_match", "test/rouge_l"):
         assert key in metrics, key
     assert metrics["val/perplexity"] == pytest.approx(torch.tensor(metrics["val/loss"]).exp().item(), rel=1e-4)
-    assert 0 <= metrics["test/rouge_l"] <= 1 and 0 <= metrics["test/exact_match"] <= 1
+    # chance: a uniform guess over the 30,522-token vocabulary has loss ln(30522) = 10.3, and ROUGE-L about 0
+    assert metrics["val/loss"] < 1.5 and metrics["test/loss"] < 1.5
+    assert metrics["test/rouge_l"] > 0.8 and metrics["test/exact_match"] >= 0.5  # 0.97-1.0 and 0.75-1.0 over seeds
     samples = (Path(cfg.paths.output_dir) / "generations.txt").read_text()
     assert samples.count("=== epoch") >= 2 and samples.count("generated: ") == 2 * samples.count("=== epoch")
 

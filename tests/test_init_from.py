@@ -62,10 +62,8 @@ def test_init_from_checkpoint_or_export_copies_encoder_and_head(make_cfg, sentim
 
 def test_a_changed_label_set_reinitializes_the_head_and_says_so(make_cfg, earlier_run, tmp_path, caplog):
     path = tmp_path / "three.csv"
-    data = sentiment_frame(150)
-    data.loc[data.index % 3 == 0, "sentiment"] = "neutral"
-    data.to_csv(path, index=False)
-    cfg = make_cfg(*text_task(path), f"model.init_from={earlier_run}", "trainer.max_epochs=1")
+    sentiment_frame(150, neutral=True).to_csv(path, index=False)  # a third class, with its own wording
+    cfg = make_cfg(*text_task(path), f"model.init_from={earlier_run}", "trainer.max_epochs=4", "optimizer.lr=3e-3")
     with caplog.at_level(logging.WARNING, logger="finexp"):
         metrics = train(cfg)
     assert "label set changed (bearish, bullish -> bearish, bullish, neutral)" in caplog.text
@@ -74,7 +72,7 @@ def test_a_changed_label_set_reinitializes_the_head_and_says_so(make_cfg, earlie
         "bearish",
         "bullish",
     ]
-    assert 0 <= metrics["test/f1_macro"] <= 1
+    assert metrics["test/f1_macro"] > 0.7  # the new head learned all three classes (chance: about 0.33)
 
 
 def test_init_from_a_missing_or_mismatched_source_fails_clearly(make_cfg, sentiment_csv, earlier_run, tmp_path):

@@ -42,11 +42,22 @@ def complaints_csv(tmp_path: Path) -> Path:
 
 
 def test_multilabel_trains_with_per_label_metrics(make_cfg, complaints_csv):
-    metrics = train(make_cfg("task=complaint_tags", f"data.path={complaints_csv}", "trainer.max_epochs=1"))
+    cfg = make_cfg(
+        "task=complaint_tags",
+        f"data.path={complaints_csv}",
+        "trainer.max_epochs=15",
+        "optimizer.lr=3e-3",
+        "data.batch_size=16",
+        "callbacks.early_stopping=null",  # val F1 sits at 0 for the first epochs, while every tag is still "off"
+    )
+    metrics = train(cfg)
     assert metrics["monitor"] == "val/f1_macro"
     per_label = {"test/f1_fees", "test/f1_fraud", "test/f1_late_payment"}
     assert per_label | {"test/f1_micro", "test/f1_macro", "test/exact_match", "val/f1_macro"} <= set(metrics)
-    assert all(0 <= metrics[k] <= 1 for k in per_label)
+    # each tag has its own words: every tag is learned (0.95-1.0 over seeds), and most complaints get exactly
+    # their tag set (a guess per tag gets 1 in 8)
+    assert all(metrics[k] > 0.8 for k in per_label), {k: metrics[k] for k in per_label}
+    assert metrics["test/exact_match"] > 0.8 and metrics["test/f1_micro"] > 0.85
 
 
 def test_label_sets_from_one_cell(make_cfg, complaints_csv):

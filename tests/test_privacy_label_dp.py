@@ -97,7 +97,7 @@ def test_label_dp_with_prior_and_pii_masking_end_to_end(make_cfg, tmp_path):
     assert info["privacy"]["pii/email"] == 40 and info["privacy"]["privacy/label_flip_rate"] == pytest.approx(
         saved["privacy/label_flip_rate"]
     )
-    assert 0 <= metrics["test/auroc"] <= 1
+    assert metrics["test/auroc"] > 0.8  # learns through the flipped labels (chance 0.5; 0.92-1.0 over seeds)
     loaded = load_run(saved["best_checkpoint"], data_path=str(path))  # finexp-eval masks new data the same way
     assert sum("[EMAIL]" in text for text in loaded.datamodule.texts["test"]) == 40
     assert not any("@acme.com" in text for text in loaded.datamodule.texts["test"])
