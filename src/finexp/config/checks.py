@@ -55,12 +55,12 @@ def validate_config(cfg: DictConfig) -> None:
     lr = cfg.optimizer.lr
     _require(lr > 0, "optimizer.lr", lr, "must be > 0")
     _require(cfg.optimizer.weight_decay >= 0, "optimizer.weight_decay", cfg.optimizer.weight_decay, "must be >= 0")
-    layer_decay = cfg.optimizer.get("layer_decay", 1.0)
+    layer_decay = cfg.optimizer.layer_decay
     _require(0 < layer_decay <= 1, "optimizer.layer_decay", layer_decay, "must be in (0, 1] (1: no decay)")
     head_lr = cfg.optimizer.get("head_lr")
     _require(head_lr is None or head_lr > 0, "optimizer.head_lr", head_lr, "must be > 0 or null")
     _validate_adapter(cfg.adapter)
-    warmup = cfg.scheduler.get("warmup_ratio", 0.0)
+    warmup = cfg.scheduler.warmup_ratio
     _require(0 <= warmup < 1, "scheduler.warmup_ratio", warmup, "must be in [0, 1)")
 
     max_epochs = cfg.trainer.get("max_epochs")
@@ -91,7 +91,7 @@ def validate_config(cfg: DictConfig) -> None:
 
     sources = [k for k in ("rdataset", "path", "train_path") if data[k]]
     if not sources:
-        hint = OmegaConf.select(cfg, "task.data_hint", default="")
+        hint = cfg.task.data_hint
         if hint:  # a standard dataset (conf/task): name it and say how to get a local copy
             raise ConfigError(f"task '{cfg.task.name}' needs a local copy of its dataset: {hint}")
         raise ConfigError(
@@ -106,7 +106,7 @@ def validate_config(cfg: DictConfig) -> None:
     )
     if (data.val_path or data.test_path) and not data.train_path:
         raise ConfigError("data.val_path/data.test_path need data.train_path as well")
-    if cfg.model.get("kind", "transformer") == "baseline":
+    if cfg.model.kind == "baseline":
         _validate_baseline(cfg)
     elif cfg.model.name_or_path is None and cfg.model.architecture is None:
         raise ConfigError(
@@ -136,7 +136,7 @@ def _validate_strategy(trainer: DictConfig) -> None:
                 f"trainer.strategy={name} needs the '{package}' package, which is not installed: "
                 f"pip install {package} (or choose trainer=ddp / trainer=fsdp)"
             )
-    num_nodes = trainer.get("num_nodes", 1)
+    num_nodes = trainer.get("num_nodes", 1)  # trainer is Lightning's kwargs (untyped): absent = its default
     _require(num_nodes >= 1, "trainer.num_nodes", num_nodes, "must be >= 1")
 
 
@@ -170,7 +170,7 @@ def _validate_sampling(cfg: DictConfig) -> None:
         _validate_prompt(cfg)
     if method is None or method.name != "setfit":
         return
-    _require(cfg.model.get("kind", "transformer") == "transformer", "method", "setfit", "needs an encoder model")
+    _require(cfg.model.kind == "transformer", "method", "setfit", "needs an encoder model")
     _require(cfg.privacy.name != "dp_sgd", "method", "setfit", "stage 1 is not differentially private: not dp_sgd")
     _require(method.num_pairs is None or method.num_pairs >= 2, "method.num_pairs", method.num_pairs, ">= 2 or null")
     _require(method.max_pairs is None or method.max_pairs >= 2, "method.max_pairs", method.max_pairs, ">= 2 or null")
@@ -188,7 +188,7 @@ def _plain_value(node: Any) -> Any:
 def _validate_prompt(cfg: DictConfig) -> None:
     """``method=prompt`` (PET): a classification task on a masked-LM encoder, a pattern and one entry per label."""
     method, name = cfg.method, "prompt"
-    _require(cfg.model.get("kind", "transformer") == "transformer", "method", name, "needs a masked-LM encoder")
+    _require(cfg.model.kind == "transformer", "method", name, "needs a masked-LM encoder")
     _require(cfg.privacy.name != "dp_sgd", "method", name, "not with privacy=dp_sgd (the MLM head ties weights)")
     _require(OmegaConf.select(cfg, "model.fusion") is None, "method", name, "not with model.fusion (text only)")
     _require(not OmegaConf.select(cfg, "model.init_from"), "method", name, "not with model.init_from")
@@ -208,7 +208,7 @@ def _validate_distill(cfg: DictConfig) -> None:
     _require(distill.temperature > 0, "distill.temperature", distill.temperature, "must be > 0")
     _require(0 <= distill.alpha <= 1, "distill.alpha", distill.alpha, "must be in [0, 1]")
     _require(distill.teacher_batch_size >= 1, "distill.teacher_batch_size", distill.teacher_batch_size, "must be >= 1")
-    kind = cfg.model.get("kind", "transformer")
+    kind = cfg.model.kind
     _require(kind == "transformer", "distill.teacher", distill.teacher, f"the student must be an encoder, not {kind}")
     _require(
         cfg.privacy.name == "none",
@@ -216,7 +216,7 @@ def _validate_distill(cfg: DictConfig) -> None:
         cfg.privacy.name,
         "must be none with distill.teacher (the teacher's soft targets carry every training label unprotected)",
     )
-    method = OmegaConf.select(cfg, "method.name", default="finetune")
+    method = cfg.method.name
     _require(method == "finetune", "method", method, "distillation trains with the finetune loop: method=finetune")
     federated = bool(cfg.get("federated"))  # federated=none composes to an empty node
     _require(not federated, "federated", "on", "distillation trains centrally: federated=none with a teacher")
@@ -270,7 +270,7 @@ def _validate_federated(cfg: DictConfig) -> None:
         if dp.epsilon is not None:
             _require(dp.epsilon > 0, "federated.dp.epsilon", dp.epsilon, "must be > 0")
         _require(0 < dp.delta < 1, "federated.dp.delta", dp.delta, "must be in (0, 1)")
-    kind = cfg.model.get("kind", "transformer")
+    kind = cfg.model.kind
     _require(kind == "transformer", "model.kind", kind, "federated runs fine-tune a transformer (not a baseline)")
     _require(
         cfg.privacy.name != "dp_sgd",
@@ -278,10 +278,10 @@ def _validate_federated(cfg: DictConfig) -> None:
         cfg.privacy.name,
         "dp_sgd is not wired into federated clients; use federated.dp.enabled=true (client-level DP)",
     )
-    method = OmegaConf.select(cfg, "method.name", default="finetune")
+    method = cfg.method.name
     _require(method == "finetune", "method.name", method, "federated clients train with method=finetune")
     trainer = cfg.trainer
-    devices, strategy = trainer.get("devices", 1), trainer.get("strategy", "auto")
+    devices, strategy = trainer.get("devices", 1), trainer.get("strategy", "auto")  # Lightning's defaults
     _require(devices in (1, "1", "auto"), "trainer.devices", devices, "must be 1 with federated (one process)")
     _require(strategy == "auto", "trainer.strategy", strategy, "must be auto with federated (one process)")
     _require(cfg.ckpt_path is None, "ckpt_path", cfg.ckpt_path, "federated runs cannot resume mid-federation yet")
@@ -311,7 +311,7 @@ def _validate_privacy(cfg: DictConfig) -> None:
         if privacy.delta is not None:
             _require(0 < privacy.delta < 1, "privacy.delta", privacy.delta, "must be in (0, 1) or null (1/N)")
         _require(privacy.accountant in ("rdp", "prv", "gdp"), "privacy.accountant", privacy.accountant, "rdp|prv|gdp")
-        accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
+        accumulate = cfg.trainer.get("accumulate_grad_batches", 1)  # Lightning's default
         _require(accumulate == 1, "trainer.accumulate_grad_batches", accumulate, "must be 1 with privacy=dp_sgd")
         _require(
             cfg.task.class_weights is None,
@@ -324,7 +324,7 @@ def _validate_privacy(cfg: DictConfig) -> None:
         _require(privacy.prior in (None, "first_stage"), "privacy.prior", privacy.prior, "null or first_stage")
         fraction = privacy.first_stage_fraction
         _require(0 < fraction < 1, "privacy.first_stage_fraction", fraction, "must be in (0, 1)")
-    if OmegaConf.select(privacy, "mask_pii", default=False) and privacy.pii.types is not None:
+    if privacy.mask_pii and privacy.pii.types is not None:
         from finexp.privacy.pii import PII_TYPES
 
         for kind in privacy.pii.types:

@@ -120,7 +120,7 @@ def export(ckpt: str | Path, out_dir: str | Path, options: ExportOptions | None 
     else:
         if isinstance(encoder, PeftModel):
             encoder = encoder.merge_and_unload()  # LoRA / IA³ folded into the base weights
-        max_length = int(OmegaConf.select(cfg, "data.max_length", default=512))
+        max_length = int(cfg.data.max_length)
         layout = write_sentence_transformers(encoder, head, model.pooling, tokenizer, labels, out, max_length)
 
     summary: dict[str, Any] = {
@@ -142,7 +142,7 @@ def export(ckpt: str | Path, out_dir: str | Path, options: ExportOptions | None 
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     resolved["choices"] = run.info.get("choices") or {}
-    license_id = options.license or OmegaConf.select(cfg, "model.license", default=None)
+    license_id = options.license or cfg.model.license
     hub_base = _hub_id(base_reference) if layout.name != "sentence-transformers" or base_reference else None
     card, figures = build_card(run_dir, resolved, layout.name, layout.loads_with, hub_base, license_id, labels)
     write_card(out, card, figures)
