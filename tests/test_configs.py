@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from finexp.config import ConfigError, config_dir, validate_config
+from finexp.problems import capability_table
 
 CONF = Path(config_dir())
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
@@ -198,6 +199,8 @@ def test_help_lists_groups_and_examples(tmp_path):
         "finexp-train -m seed=1,2,3",
     ):
         assert text in result.stdout
+    assert capability_table() in result.stdout  # the capability table, from the registered problem types
+    assert "| `generation` | transformer | none |" in result.stdout
 
 
 def test_cfg_job_prints_composed_config(tmp_path):

@@ -3,7 +3,7 @@
 finexp-train                                   # credit scoring, all-MiniLM-L6-v2, full fine-tuning
 finexp-train model=tiny_bert trainer.max_epochs=1
 finexp-train -m seed=1,2,3 adapter=full,freeze  # a sweep
-finexp-train --help                            # every group and option
+finexp-train --help                            # every group and option, and what each task.problem combines with
 """
 
 from __future__ import annotations

@@ -38,7 +38,16 @@ def run_dir_of(ckpt_path: str | None, default: str) -> str:
     return default
 
 
+def capability_table() -> str:
+    """What each problem type (``task.problem``) combines with: the table ``finexp-train --help`` prints."""
+    from finexp.problems import capability_table as table  # the registered problem types (no torch imported)
+
+    return table()
+
+
 def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("capability_table"):
+        OmegaConf.register_new_resolver("capability_table", capability_table)
     if not OmegaConf.has_resolver("run_dir_of"):
         OmegaConf.register_new_resolver("run_dir_of", run_dir_of)
     if not OmegaConf.has_resolver("package_path"):
