@@ -2,8 +2,10 @@
 
 Metrics: ``{stage}/loss`` (mean negative log-likelihood per response token, the end token included) and
 ``{stage}/perplexity`` (its exponential) on val and test; at test time every test prompt is answered and scored
-against its reference: ``test/exact_match`` and ``test/rouge_l`` (LCS-based F1). Each validation epoch also answers
-``num_examples`` validation prompts and writes them to ``generations.txt`` (and W&B / TensorBoard as text).
+against its reference: ``test/exact_match`` and ``test/rouge_l`` (LCS-based F1, torchmetrics' ROUGE-L). Each
+validation epoch also answers ``num_examples`` validation prompts and writes them to ``generations.txt`` (and W&B /
+TensorBoard as text). Answers are decoded a batch at a time, with a key/value cache where the adapter allows one
+(:func:`~finexp.models.causal_lm.generate_batch`).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from torch import nn
 from torchmetrics import MeanMetric, SumMetric
+from torchmetrics.functional.text.rouge import rouge_score
 
 from finexp.data.ner import IGNORE
-from finexp.models.causal_lm import CausalLM, generate
+from finexp.models.causal_lm import CausalLM, generate_batch
 from finexp.tasks.optimization import OptimizerFactory, SchedulerFactory, configure_optimizers
 
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -38,21 +41,16 @@ def exact_match(prediction: str, reference: str) -> float:
 
 
 def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 (Lin, 2004) over normalized words: the longest common subsequence's precision/recall F1."""
-    pred, ref = normalize(prediction), normalize(reference)
-    if not pred or not ref:
-        return float(pred == ref)
-    previous = [0] * (len(ref) + 1)
-    for word in pred:
-        current = [0]
-        for j, other in enumerate(ref):
-            current.append(previous[j] + 1 if word == other else max(previous[j + 1], current[j]))
-        previous = current
-    lcs = previous[-1]
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(pred), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
+    """ROUGE-L F1 (Lin, 2004) over normalized words: the longest common subsequence's precision/recall F1.
+
+    torchmetrics' ROUGE-L, given :func:`normalize`'s words: its default normalizer keeps ASCII letters and digits
+    only, which would drop every accented or non-Latin word. Two empty texts score 1.0 (torchmetrics: 0.0), as
+    :func:`exact_match` does: an empty answer to an empty reference is right.
+    """
+    if not normalize(prediction) and not normalize(reference):
+        return 1.0
+    scores = rouge_score(prediction, reference, rouge_keys="rougeL", normalizer=str.lower, tokenizer=_WORD.findall)
+    return float(scores["rougeL_fmeasure"])
 
 
 def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,23 +134,33 @@ class GenerationModule(pl.LightningModule):
     # Decoding
     # ----------------------------------------------------------------------------------------------------------
     def answer(self, batch: dict[str, torch.Tensor], rows: Sequence[int], seed: int) -> list[tuple[str, str, str]]:
-        """``(prompt, reference, generated)`` texts of the given rows of a batch; ``seed`` seeds sampled decoding."""
+        """``(prompt, reference, generated)`` texts of the given rows of a batch; ``seed`` seeds sampled decoding.
+
+        The rows are decoded together (:func:`~finexp.models.causal_lm.generate_batch`): a sampled answer depends on
+        the seed and the rows decoded with it, both fixed by the batch, so test and predict decode the same answers.
+        """
         generator = torch.Generator(device=self.device).manual_seed(seed)
         decode = self.tokenizer.decode
+        rows = list(rows)
+        prompts = [batch["input_ids"][i, : int(batch["prompt_length"][i])] for i in rows]
+        pad_id = self.tokenizer.pad_token_id
+        generated = generate_batch(
+            self.model,
+            prompts,
+            pad_id if pad_id is not None else self.eos_id,  # masked: any id works
+            self.eos_id,
+            generator=generator,
+            **self.decoding,
+        )
         out = []
-        for i in rows:
-            n_prompt = int(batch["prompt_length"][i])
+        for i, prompt, answer in zip(rows, prompts, generated, strict=True):
             labels = batch["labels"][i]
             reference = labels[(labels != IGNORE) & (labels != self.eos_id)]
-            generated = generate(
-                self.model, batch["input_ids"][i, :n_prompt], self.eos_id, generator=generator, **self.decoding
-            )
-            prompt = decode(batch["input_ids"][i, :n_prompt].tolist(), skip_special_tokens=True)
             out.append(
                 (
-                    prompt,
+                    decode(prompt.tolist(), skip_special_tokens=True),
                     decode(reference.tolist(), skip_special_tokens=True),
-                    decode(generated, skip_special_tokens=True),
+                    decode(answer, skip_special_tokens=True),
                 )
             )
         return out
