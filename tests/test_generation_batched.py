@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torchmetrics.functional.text.rouge import rouge_score
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from finexp import FinexpError
 from finexp.adapters.peft_methods import build_lora, build_prefix_tuning, build_prompt_tuning
+from finexp.data.ner import IGNORE
 from finexp.models.causal_lm import CausalLM, build_causal_lm, generate, generate_batch, supports_cache
+from finexp.tasks.generation import GenerationModule, rouge_l
 
 VOCAB = 64
 PAD, EOS = 0, 1
@@ -98,3 +101,37 @@ def test_an_empty_prompt_is_refused():
     with pytest.raises(FinexpError, match=r"a prompt is empty"):
         generate_batch(tiny_gpt2(), [torch.tensor([3]), torch.tensor([], dtype=torch.long)], PAD, EOS)
     assert generate_batch(tiny_gpt2(), [], PAD, EOS) == []
+
+
+class _Ids:
+    """A tokenizer stand-in: decodes ids to their numbers, so answers compare as text."""
+
+    pad_token_id = PAD
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return " ".join(str(i) for i in ids)
+
+
+def test_the_module_answers_a_batch_as_the_loop_answers_each_row():
+    model = tiny_gpt2()
+    batch = prompts()
+    width = max(len(p) for p in batch) + 3
+    ids = torch.full((len(batch), width), PAD)
+    labels = torch.full((len(batch), width), IGNORE)
+    for row, prompt in enumerate(batch):  # right-padded, as the collator gives them; answer "5 6" + end
+        ids[row, : len(prompt) + 3] = torch.cat([prompt, torch.tensor([5, 6, EOS])])
+        labels[row, len(prompt) : len(prompt) + 3] = torch.tensor([5, 6, EOS])
+    tensors = {"input_ids": ids, "labels": labels, "prompt_length": torch.tensor([len(p) for p in batch])}
+    module = GenerationModule(model, _Ids(), EOS, max_new_tokens=9).eval()
+    answers = module.answer(tensors, range(1, 5), seed=0)
+    assert [reference for _, reference, _ in answers] == ["5 6"] * 4
+    assert [generated for _, _, generated in answers] == [
+        " ".join(map(str, generate(model, batch[row], EOS, 9))) for row in range(1, 5)
+    ]
+
+
+def test_rouge_l_is_torchmetrics_over_unicode_words():
+    # torchmetrics' own normalizer keeps [a-z0-9] only: it would score these Cyrillic answers 0
+    assert rouge_l("Выручка выросла", "выручка выросла на 5%") == pytest.approx(2 * (1 * 0.5) / 1.5)
+    expected = rouge_score("the cat sat on the mat", "the cat on the mat", rouge_keys="rougeL")["rougeL_fmeasure"]
+    assert rouge_l("The cat sat, on the mat.", "the cat on the mat") == pytest.approx(float(expected))
