@@ -135,3 +135,22 @@ def test_rouge_l_is_torchmetrics_over_unicode_words():
     assert rouge_l("Выручка выросла", "выручка выросла на 5%") == pytest.approx(2 * (1 * 0.5) / 1.5)
     expected = rouge_score("the cat sat on the mat", "the cat on the mat", rouge_keys="rougeL")["rougeL_fmeasure"]
     assert rouge_l("The cat sat, on the mat.", "the cat on the mat") == pytest.approx(float(expected))
+
+
+class _NoCache(torch.nn.Module):
+    """An encoder that ignores ``use_cache`` (as a wrapper or a config that turns caching off would)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, **kwargs: object) -> object:
+        return self.inner(**{**kwargs, "use_cache": False})
+
+
+def test_a_model_that_returns_no_cache_is_decoded_prompt_by_prompt():
+    model = tiny_gpt2()
+    batch = prompts()
+    expected = [generate(model, prompt, EOS, 8) for prompt in batch]
+    model.encoder = _NoCache(model.encoder)
+    assert generate_batch(model, batch, PAD, EOS, 8) == expected

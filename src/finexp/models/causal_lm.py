@@ -224,7 +224,10 @@ def generate_batch(
         result = model.encoder(
             input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True, **{cache_key: cache}
         )
-        cache = getattr(result, cache_key)
+        cache = getattr(result, cache_key, None)
+        if cache is None:  # the model declined to cache (a config or wrapper turned it off): feeding only the new
+            # tokens would silently lose the context, so start over prompt by prompt
+            return [generate(model, prompt, eos_id, max_new_tokens, **decoding) for prompt in prompts]
         tokens = _next_tokens(model.head(result.last_hidden_state[:, -1]), **decoding)
         done |= tokens == eos_id
         for row in (~done).nonzero().flatten().tolist():
