@@ -89,7 +89,11 @@ def _schema(saved: dict[str, Any]) -> DictConfig:
 
     base = OmegaConf.structured(schemas.TrainConfig)
     privacy = {"dp_sgd": schemas.DPSGDConfig, "label_dp": schemas.LabelDPConfig}
-    method = {"setfit": schemas.SetFitMethodConfig, "prompt": schemas.PromptMethodConfig}
+    method = {
+        "setfit": schemas.SetFitMethodConfig,
+        "prompt": schemas.PromptMethodConfig,
+        "generative": schemas.GenerativeMethodConfig,
+    }
     name = (saved.get("privacy") or {}).get("name")
     if name in privacy:
         base.privacy = OmegaConf.structured(privacy[name])

@@ -328,6 +328,21 @@ class PromptMethodConfig(MethodConfig):
 
 
 @dataclass
+class GenerativeMethodConfig(MethodConfig):
+    """``method=generative``: a decoder writes the label's answer after an instruction (finexp.models.generative)."""
+
+    name: str = "generative"
+    # {text}: the row (truncation cuts only it); {choices}: the answers, comma-separated. Default: FinGPT's.
+    prompt_template: str = (
+        "Instruction: What is the sentiment of this news? Please choose an answer from {choices}.\n"
+        "Input: {text}\nAnswer: "
+    )
+    label_words: Any = None  # {label: answer word(s)}; null: the label names themselves
+    system_prompt: str | None = None  # with chat_template: the system message
+    chat_template: bool = False  # render the prompt as the user turn of the tokenizer's chat template
+
+
+@dataclass
 class AnalysisConfig:
     """The trust report of a run (``conf/analysis``; finexp.analysis.AnalysisOptions)."""
 
@@ -506,7 +521,7 @@ ALLOWED = {  # task.problem: the registered problem types (finexp.problems), che
     "model.fusion": (None, "concat"),
     "task.class_weights": (None, "balanced"),
     "privacy.name": ("none", "dp_sgd", "label_dp"),
-    "method.name": ("finetune", "setfit", "prompt"),
+    "method.name": ("finetune", "setfit", "prompt", "generative"),
 }
 
 
@@ -555,3 +570,4 @@ def register_configs() -> None:
     cs.store(group="schema/method", name="method", node=MethodConfig)
     cs.store(group="schema/method", name="setfit", node=SetFitMethodConfig)
     cs.store(group="schema/method", name="prompt", node=PromptMethodConfig)
+    cs.store(group="schema/method", name="generative", node=GenerativeMethodConfig)

@@ -22,7 +22,7 @@ def require(ok: bool, key: str, value: object, allowed: str) -> None:
 
 
 PRIVACY = ("none", "dp_sgd", "label_dp")
-METHODS = ("finetune", "setfit", "prompt")
+METHODS = ("finetune", "setfit", "prompt", "generative")
 MODEL_KINDS = ("transformer", "baseline")
 
 

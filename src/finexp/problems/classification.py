@@ -22,6 +22,7 @@ from finexp.problems.common import (
     data_source,
     encoder,
     fusion_columns,
+    load_options,
     optimization,
     plain,
     privacy_from,
@@ -113,6 +114,8 @@ def model(
     m = cfg.model
     if cfg.method.name == "prompt":
         return with_adapter(cfg, prompt_model(cfg, num_labels, tokenizer))
+    if cfg.method.name == "generative":
+        return with_adapter(cfg, generative_model(cfg, num_labels, tokenizer))
     fused = len(fusion_columns(cfg))
     classifier = SequenceClassifier(
         encoder(cfg, tokenizer), num_labels, pooling=m.pooling, dropout=m.dropout, numeric_features=fused
@@ -132,6 +135,32 @@ def prompt_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenize
         raise FinexpError(f"method.verbalizer has {len(words)} labels ({', '.join(words)}); the task has {num_labels}")
     lm = build_masked_lm(m.name_or_path, plain(m.architecture), len(tokenizer), m.local_files_only)
     return PromptClassifier(lm, PromptTemplate(tokenizer, method.template), words)
+
+
+def generative_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
+    """``method=generative``: a causal LM scoring each label's answer after ``method.prompt_template``."""
+    from finexp.models.backbone import ModelLoadError
+    from finexp.models.causal_lm import build_causal_lm
+    from finexp.models.generative import GenerativeClassifier, GenerativePrompt
+
+    m, method = cfg.model, cfg.method
+    try:
+        lm = build_causal_lm(
+            m.name_or_path, plain(m.architecture), len(tokenizer), m.local_files_only, load_options(cfg)
+        )
+    except ModelLoadError as err:
+        if "masked-language encoder" not in str(err):  # build_causal_lm's refusal of encoders, said for this method
+            raise
+        raise FinexpError(
+            f"method=generative needs a decoder (GPT-style) model, not model={m.name}: use model=tiny_gpt, or "
+            "model=hf model.name_or_path=<a causal LM such as gpt2>"
+        ) from err
+    words = plain(method.label_words)
+    prompt = GenerativePrompt(
+        tokenizer, method.prompt_template, words, method.system_prompt, bool(method.chat_template)
+    )
+    names = list(words) if words else [str(i) for i in range(num_labels)]  # build.model_from binds the real ones
+    return GenerativeClassifier(lm, prompt, names)
 
 
 def module(cfg: DictConfig, model: SequenceClassifier, datamodule: ClassificationDataModule) -> pl.LightningModule:

@@ -27,6 +27,8 @@ class SequenceClassificationModule(pl.LightningModule):
             None for a module that only evaluates.
         scheduler: builds a per-step LR schedule from ``(optimizer, num_training_steps=...)``; None for none.
         class_weights: optional cross-entropy weight per class.
+
+    A model with a ``loss(logits, labels)`` method is trained with that instead of cross-entropy.
     """
 
     def __init__(
@@ -60,7 +62,9 @@ class SequenceClassificationModule(pl.LightningModule):
 
     def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch["input_ids"], batch["attention_mask"], batch.get("features"))
-        return self.loss_fn(logits, batch["labels"]), logits
+        loss = getattr(self.model, "loss", None)  # a model with its own loss (method=generative: the LM loss)
+        loss_fn = loss if callable(loss) else self.loss_fn
+        return loss_fn(logits, batch["labels"]), logits
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         if batch["labels"].numel() == 0:  # an empty Poisson-sampled batch (DP-SGD): no loss; the noisy step still runs
