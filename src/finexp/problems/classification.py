@@ -22,7 +22,6 @@ from finexp.problems.common import (
     data_source,
     encoder,
     fusion_columns,
-    load_options,
     optimization,
     plain,
     privacy_from,
@@ -145,9 +144,7 @@ def generative_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedToke
 
     m, method = cfg.model, cfg.method
     try:
-        lm = build_causal_lm(
-            m.name_or_path, plain(m.architecture), len(tokenizer), m.local_files_only, load_options(cfg)
-        )
+        lm = build_causal_lm(m.name_or_path, plain(m.architecture), len(tokenizer), m.local_files_only)
     except ModelLoadError as err:
         if "masked-language encoder" not in str(err):  # build_causal_lm's refusal of encoders, said for this method
             raise
