@@ -83,6 +83,9 @@ def _wrap(model: nn.Module, config: PeftConfig, method: str) -> nn.Module:
     return model
 
 
+ALL_LINEAR = "all-linear"
+
+
 def build_lora(
     model: nn.Module,
     r: int = 8,
@@ -99,13 +102,16 @@ def build_lora(
         r: rank of the update.
         alpha: scaling numerator (``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA).
         dropout: dropout on the LoRA branch's input.
-        target_modules: module names to adapt; None picks the architecture's attention query/value projections.
+        target_modules: module names to adapt; None picks the architecture's attention query/value projections;
+            ``[all-linear]`` every linear layer (QLoRA's choice).
         use_dora: DoRA (weight-decomposed LoRA: a trained magnitude per output feature).
         use_rslora: rank-stabilised scaling ``alpha / sqrt(r)``.
     """
     if r < 1:
         raise AdapterError(f"adapter.r={r} is not allowed: must be >= 1")
-    targets = list(target_modules) if target_modules else lora_targets(model.encoder)
+    targets: list[str] | str = list(target_modules) if target_modules else lora_targets(model.encoder)
+    if targets == [ALL_LINEAR]:
+        targets = ALL_LINEAR  # peft's keyword: every linear layer (a one-item list would be a module name)
     config = LoraConfig(
         r=r,
         lora_alpha=alpha,

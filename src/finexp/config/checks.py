@@ -115,6 +115,8 @@ def validate_config(cfg: DictConfig) -> None:
         )
     elif cfg.model.name_or_path is None and cfg.model.tokenizer is None:
         raise ConfigError("model.tokenizer must be set for a model built from `model.architecture`")
+    if cfg.model.kind != "baseline":
+        _validate_model_loading(cfg)
     _validate_privacy(cfg)
     _validate_distill(cfg)
     _validate_federated(cfg)
@@ -138,6 +140,57 @@ def _validate_strategy(trainer: DictConfig) -> None:
             )
     num_nodes = trainer.get("num_nodes", 1)  # trainer is Lightning's kwargs (untyped): absent = its default
     _require(num_nodes >= 1, "trainer.num_nodes", num_nodes, "must be >= 1")
+
+
+# Adapters that train the base weights themselves: a 4-/8-bit base cannot (its weights are not floats).
+_TRAINS_BASE_WEIGHTS = ("train_everything", "train_top_layers")
+_HALF_DTYPES = ("bfloat16", "float16")
+
+
+def _validate_model_loading(cfg: DictConfig) -> None:
+    """``model.dtype`` against ``trainer.precision``, quantization and attention kernels that cannot run here."""
+    m = cfg.model
+    precision = str(cfg.trainer.get("precision", "32-true"))  # trainer is untyped: absent = Lightning's default
+    if m.dtype in _HALF_DTYPES and precision not in ("bf16-true", "16-true"):
+        raise ConfigError(
+            f"model.dtype={m.dtype} with trainer.precision={precision} would train {m.dtype} weights with no fp32 "
+            f"master copy (optimizer updates lost to rounding): use trainer.precision={_true_precision(m.dtype)} to "
+            "train in half precision on purpose, or model.dtype=auto (fp32 weights; with bf16-mixed, "
+            "half-precision compute)"
+        )
+    if m.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ConfigError(
+            "model.attn_implementation=flash_attention_2 needs the flash-attn package (and an Ampere or newer NVIDIA "
+            "GPU), which is not installed: pip install flash-attn, or use model.attn_implementation=sdpa"
+        )
+    if m.quantization is None:
+        return
+    where = f"model.quantization={m.quantization}"
+    if m.name_or_path is None:
+        raise ConfigError(
+            f"{where} needs pretrained weights to quantize, but model={m.name} is built from model.architecture: set "
+            "model.name_or_path (a hub id or a save_pretrained directory), or model.quantization=null"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(
+            f"{where} needs bitsandbytes, which is not installed: pip install 'finexp[qlora]' "
+            "(or model.quantization=null to load the weights unquantized)"
+        )
+    target = str(cfg.adapter.get("_target_", ""))
+    if target.endswith(_TRAINS_BASE_WEIGHTS):
+        raise ConfigError(
+            f"{where} with adapter={target.rsplit('.', 1)[-1]}: quantized base weights cannot train; use adapter=qlora "
+            "(LoRA on every linear projection, as QLoRA does), adapter=lora, or model.quantization=null"
+        )
+    if precision in ("bf16-true", "16-true"):
+        raise ConfigError(
+            f"{where} with trainer.precision={precision}: Lightning would cast the quantized weights; use "
+            "trainer.precision=bf16-mixed (bf16 compute, fp32 adapters) or 32-true"
+        )
+
+
+def _true_precision(dtype: str) -> str:
+    return "bf16-true" if dtype == "bfloat16" else "16-true"
 
 
 def _validate_sampling(cfg: DictConfig) -> None:

@@ -1,11 +1,20 @@
-"""Load a tokenizer and an encoder: from a local directory, the hub, or built from a config with random weights."""
+"""Load a tokenizer and an encoder: from a local directory, the hub, or built from a config with random weights.
+
+How the weights load (dtype, attention kernel, 4-/8-bit base, activation checkpointing, hub revision) is one
+:class:`LoadOptions`, which every model builder takes (``finexp.problems.common.load_options`` makes it from the
+config).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -19,7 +28,137 @@ from finexp import FinexpError
 
 
 class ModelLoadError(FinexpError):
-    """Weights or a tokenizer could not be found."""
+    """Weights or a tokenizer could not be found, or cannot load as asked."""
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a model's weights load and what a training step keeps in memory (``model.*`` in the config).
+
+    Args:
+        dtype: the weights as loaded (``float32``, ``bfloat16``, ``float16``), never "auto": the config's ``auto``
+            is resolved from ``trainer.precision`` before this is made.
+        attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2``; None: the model's default.
+        gradient_checkpointing: recompute each block's activations in backward (non-reentrant, so frozen inputs
+            under LoRA need no input-grad hook).
+        quantization: ``4bit`` (NF4, double quantization, bf16 compute) or ``8bit`` (LLM.int8) base weights through
+            bitsandbytes; needs pretrained weights (``model.name_or_path``).
+        revision: the hub branch, tag or commit to load.
+    """
+
+    dtype: str = "float32"
+    attn_implementation: str | None = None
+    gradient_checkpointing: bool = False
+    quantization: str | None = None
+    revision: str | None = None
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def pretrained_kwargs(self) -> dict[str, Any]:
+        """``from_pretrained`` arguments."""
+        kwargs: dict[str, Any] = {"dtype": self.torch_dtype}
+        if self.attn_implementation is not None:
+            kwargs["attn_implementation"] = self.attn_implementation
+        if self.revision is not None:
+            kwargs["revision"] = self.revision
+        if self.quantization is not None:
+            kwargs["quantization_config"] = bitsandbytes_config(self.quantization)
+        return kwargs
+
+    def config_kwargs(self) -> dict[str, Any]:
+        """``from_config`` arguments (random weights: no revision, no quantization)."""
+        if self.quantization is not None:
+            raise ModelLoadError(
+                f"model.quantization={self.quantization} needs pretrained weights to quantize: set "
+                "model.name_or_path (a hub id or a directory written by save_pretrained), or model.quantization=null"
+            )
+        kwargs: dict[str, Any] = {"dtype": self.torch_dtype}
+        if self.attn_implementation is not None:
+            kwargs["attn_implementation"] = self.attn_implementation
+        return kwargs
+
+
+def bitsandbytes_config(quantization: str) -> Any:
+    """transformers' ``BitsAndBytesConfig`` for ``model.quantization`` (QLoRA's NF4 recipe for 4bit)."""
+    require_bitsandbytes(quantization)
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ModelLoadError(f"model.quantization={quantization!r} is not allowed: choose 4bit, 8bit or null")
+
+
+def require_bitsandbytes(quantization: str) -> None:
+    """Stop with one line when bitsandbytes cannot quantize here (not installed, or no backend for this device)."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelLoadError(
+            f"model.quantization={quantization} needs bitsandbytes, which is not installed: pip install "
+            "'finexp[qlora]' (or set model.quantization=null to load the weights unquantized)"
+        )
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute activations in backward (non-reentrant: works with frozen embeddings under LoRA/prompt tuning)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ModelLoadError(
+            f"model.gradient_checkpointing=true: {type(model).__name__} does not support gradient checkpointing; "
+            "set model.gradient_checkpointing=false"
+        )
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.20 (the old name is deprecated)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False  # a cache is useless when activations are recomputed (and warns)
+
+
+def prepare_for_training(model: Any, options: LoadOptions) -> Any:
+    """After loading: peft's k-bit preparation for a quantized base, activation checkpointing when asked."""
+    if options.quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        # casts the non-quantized weights (norms, embeddings) to fp32 and lets gradients reach the adapters
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if options.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
+
+
+def model_revision(model: Any, name_or_path: str | None) -> dict[str, Any] | None:
+    """What weights ran, for ``run_info.json``: the hub commit, or a local directory's fingerprint.
+
+    The fingerprint hashes every file's name, size, and first and last MiB (reading 14 GB of 7B weights in full
+    would take minutes); None for a model built from ``model.architecture``.
+    """
+    if name_or_path is None:
+        return None
+    directory = Path(name_or_path).expanduser()
+    if directory.is_dir():
+        digest = hashlib.sha256()
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            size = path.stat().st_size
+            digest.update(f"{path.relative_to(directory)}\0{size}\0".encode())
+            with path.open("rb") as handle:
+                digest.update(handle.read(2**20))
+                if size > 2**21:
+                    handle.seek(-(2**20), os.SEEK_END)
+                    digest.update(handle.read(2**20))
+        return {"source": "directory", "path": str(directory.resolve()), "fingerprint": digest.hexdigest()}
+    commit = getattr(getattr(model, "config", None), "_commit_hash", None)
+    return {"source": "hub", "id": name_or_path, "commit": commit}
 
 
 def _offline(local_files_only: bool) -> bool:
@@ -61,6 +200,7 @@ def build_encoder(
     architecture: dict[str, Any] | None = None,
     vocab_size: int | None = None,
     local_files_only: bool = False,
+    options: LoadOptions | None = None,
 ) -> PreTrainedModel:
     """The bare encoder (no task head).
 
@@ -70,10 +210,29 @@ def build_encoder(
             "hidden_size": 32, ...}``), for a randomly initialised model.
         vocab_size: the tokenizer's size, for models built from ``architecture``.
         local_files_only: never use the network.
+        options: dtype, attention, quantization, checkpointing and revision (default: fp32, the model's own).
     """
+    options = options or LoadOptions()
     if name_or_path is not None:
-        return load_pretrained(AutoModel, name_or_path, "model", local_files_only)
-    return AutoModel.from_config(config_from_architecture(architecture, vocab_size, "bert, gpt2", "a model"))
+        return load_model(AutoModel, name_or_path, local_files_only, options)
+    config = config_from_architecture(architecture, vocab_size, "bert, gpt2", "a model")
+    return prepare_for_training(AutoModel.from_config(config, **options.config_kwargs()), options)
+
+
+def load_model(loader: Any, name_or_path: str, local_files_only: bool, options: LoadOptions) -> PreTrainedModel:
+    """Pretrained weights as ``options`` say, prepared for training; a quantized load that bitsandbytes cannot do
+    here (no backend for the device, an op it lacks) stops with one line naming ``model.quantization``."""
+    try:
+        model = load_pretrained(loader, name_or_path, "model", local_files_only, **options.pretrained_kwargs())
+    except (ImportError, RuntimeError, ValueError, NotImplementedError) as err:
+        if options.quantization is None:
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ModelLoadError(
+            f"model.quantization={options.quantization}: bitsandbytes cannot load {name_or_path!r} quantized on this "
+            f"machine ({first}); run on a CUDA GPU, or set model.quantization=null"
+        ) from None
+    return prepare_for_training(model, options)
 
 
 def config_from_architecture(

@@ -14,7 +14,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from finexp import FinexpError
-from finexp.models.backbone import ModelLoadError, config_from_architecture, load_pretrained
+from finexp.models.backbone import (
+    LoadOptions,
+    ModelLoadError,
+    config_from_architecture,
+    load_model,
+    load_pretrained,
+    prepare_for_training,
+)
 
 # Decoder families that also appear in the masked-LM table (their causal head is the real one).
 _DECODERS_WITH_MLM_HEADS = {"bart", "mbart", "xlm", "reformer"}
@@ -25,15 +32,19 @@ def build_causal_lm(
     architecture: dict[str, Any] | None = None,
     vocab_size: int | None = None,
     local_files_only: bool = False,
+    options: LoadOptions | None = None,
 ) -> PreTrainedModel:
-    """A causal LM (``AutoModelForCausalLM``): pretrained, or built from ``architecture`` with random weights.
+    """A causal LM (``AutoModelForCausalLM``): pretrained, or built from ``architecture`` with random weights;
+    ``options`` (dtype, attention, 4-/8-bit base, checkpointing, revision) say how.
 
     Raises:
         ModelLoadError: the model is an encoder trained for masked-language modelling (BERT, MiniLM, ...), which
             cannot generate; or ``architecture`` has no ``model_type``.
     """
+    options = options or LoadOptions()
     if name_or_path is not None:
-        config = load_pretrained(AutoConfig, name_or_path, "model config", local_files_only)
+        revision = {"revision": options.revision} if options.revision else {}
+        config = load_pretrained(AutoConfig, name_or_path, "model config", local_files_only, **revision)
     else:
         config = config_from_architecture(architecture, vocab_size, "gpt2", "a decoder")
     if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and config.model_type not in _DECODERS_WITH_MLM_HEADS:
@@ -42,8 +53,8 @@ def build_causal_lm(
             "encoder. Use model=tiny_gpt, or model=hf model.name_or_path=<a causal LM such as gpt2>"
         )
     if name_or_path is not None:
-        return load_pretrained(AutoModelForCausalLM, name_or_path, "model", local_files_only)
-    return AutoModelForCausalLM.from_config(config)
+        return load_model(AutoModelForCausalLM, name_or_path, local_files_only, options)
+    return prepare_for_training(AutoModelForCausalLM.from_config(config, **options.config_kwargs()), options)
 
 
 class CausalLM(torch.nn.Module):

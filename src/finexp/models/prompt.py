@@ -25,7 +25,7 @@ from torch import nn
 from transformers import AutoModelForMaskedLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from finexp import FinexpError
-from finexp.models.backbone import config_from_architecture, load_pretrained
+from finexp.models.backbone import LoadOptions, config_from_architecture, load_pretrained, prepare_for_training
 
 log = logging.getLogger("finexp")
 
@@ -110,14 +110,17 @@ def build_masked_lm(
     architecture: dict[str, Any] | None,
     vocab_size: int,
     local_files_only: bool,
+    options: LoadOptions | None = None,
 ) -> PreTrainedModel:
     """A masked LM: pre-trained weights, or built from ``architecture`` (random, for tests). Says which head
     weights the checkpoint lacks (e.g. a sentence-transformers encoder has none: the pattern then starts cold)."""
+    options = options or LoadOptions()
     if name_or_path is None:
         config = config_from_architecture(architecture, vocab_size, "bert", "a masked LM")
-        return AutoModelForMaskedLM.from_config(config)
-    loader = AutoModelForMaskedLM
-    lm, info = load_pretrained(loader, name_or_path, "masked LM", local_files_only, output_loading_info=True)
+        return prepare_for_training(AutoModelForMaskedLM.from_config(config, **options.config_kwargs()), options)
+    loader, kwargs = AutoModelForMaskedLM, options.pretrained_kwargs()
+    lm, info = load_pretrained(loader, name_or_path, "masked LM", local_files_only, output_loading_info=True, **kwargs)
+    lm = prepare_for_training(lm, options)
     head = [key for key in info.get("missing_keys", ()) if key.split(".")[0] in HEAD_NAMES]
     if head:
         log.warning(

@@ -22,6 +22,7 @@ from finexp.problems.common import (
     data_source,
     encoder,
     fusion_columns,
+    load_options,
     optimization,
     plain,
     privacy_from,
@@ -132,7 +133,7 @@ def prompt_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedTokenize
     words = verbalizer_ids(tokenizer, plain(method.verbalizer))
     if len(words) != num_labels:
         raise FinexpError(f"method.verbalizer has {len(words)} labels ({', '.join(words)}); the task has {num_labels}")
-    lm = build_masked_lm(m.name_or_path, plain(m.architecture), len(tokenizer), m.local_files_only)
+    lm = build_masked_lm(m.name_or_path, plain(m.architecture), len(tokenizer), m.local_files_only, load_options(cfg))
     return PromptClassifier(lm, PromptTemplate(tokenizer, method.template), words)
 
 
@@ -144,7 +145,9 @@ def generative_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedToke
 
     m, method = cfg.model, cfg.method
     try:
-        lm = build_causal_lm(m.name_or_path, plain(m.architecture), len(tokenizer), m.local_files_only)
+        lm = build_causal_lm(
+            m.name_or_path, plain(m.architecture), len(tokenizer), m.local_files_only, load_options(cfg)
+        )
     except ModelLoadError as err:
         if "masked-language encoder" not in str(err):  # build_causal_lm's refusal of encoders, said for this method
             raise

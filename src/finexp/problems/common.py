@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from finexp.data.augment import Augmenter
     from finexp.data.datamodule import DataSource
     from finexp.data.few_shot import SamplingPolicy
+    from finexp.models.backbone import LoadOptions
     from finexp.models.init_from import InitialWeights
     from finexp.privacy import PrivacyPlan
 
@@ -53,12 +54,50 @@ def splits_and_batches(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+# The dtype each Lightning precision trains in: ``model.dtype=auto`` loads the weights in it. Mixed precision keeps
+# fp32 master weights (autocast computes in half precision); ``*-true`` trains the weights in that dtype itself.
+PRECISION_DTYPES = {
+    "32-true": "float32",
+    "32": "float32",
+    "bf16-mixed": "float32",
+    "16-mixed": "float32",
+    "bf16-true": "bfloat16",
+    "16-true": "float16",
+    "64-true": "float32",
+}
+
+
+def weights_dtype(cfg: DictConfig) -> str:
+    """``model.dtype``, with ``auto`` resolved from ``trainer.precision`` (never the checkpoint's own dtype: a bf16
+    checkpoint under ``32-true`` would otherwise train in pure bf16 with no fp32 master copy)."""
+    dtype = str(cfg.model.dtype)
+    if dtype != "auto":
+        return dtype
+    return PRECISION_DTYPES.get(str(cfg.trainer.get("precision", "32-true")), "float32")  # Lightning's default
+
+
+def load_options(cfg: DictConfig) -> LoadOptions:
+    """How ``cfg.model``'s weights load (:class:`finexp.models.backbone.LoadOptions`)."""
+    from finexp.models.backbone import LoadOptions
+
+    m = cfg.model
+    attention = str(m.attn_implementation)
+    return LoadOptions(
+        dtype=weights_dtype(cfg),
+        # sdpa: transformers' own choice (sdpa where the architecture has it, else eager); others are asked for
+        attn_implementation=None if attention == "sdpa" else attention,
+        gradient_checkpointing=bool(m.gradient_checkpointing),
+        quantization=str(m.quantization) if m.quantization is not None else None,
+        revision=m.revision,
+    )
+
+
 def encoder(cfg: DictConfig, tokenizer: PreTrainedTokenizerBase) -> nn.Module:
     """The backbone of ``cfg.model`` (pretrained, or random from ``model.architecture``)."""
     from finexp.models.backbone import build_encoder
 
     m = cfg.model
-    return build_encoder(m.name_or_path, plain(m.architecture), len(tokenizer), m.local_files_only)
+    return build_encoder(m.name_or_path, plain(m.architecture), len(tokenizer), m.local_files_only, load_options(cfg))
 
 
 def with_adapter(cfg: DictConfig, model: nn.Module) -> nn.Module:

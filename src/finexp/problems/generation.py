@@ -9,7 +9,15 @@ from omegaconf import DictConfig
 
 from finexp import FinexpError
 from finexp.problems.capabilities import Capabilities, require
-from finexp.problems.common import data_source, no_initial, optimization, plain, splits_and_batches, with_adapter
+from finexp.problems.common import (
+    data_source,
+    load_options,
+    no_initial,
+    optimization,
+    plain,
+    splits_and_batches,
+    with_adapter,
+)
 from finexp.problems.registry import Problem, register
 
 if TYPE_CHECKING:
@@ -50,7 +58,7 @@ def model(
 
     no_initial(initial, "generation")
     m = cfg.model
-    lm = build_causal_lm(m.name_or_path, plain(m.architecture), len(tokenizer), m.local_files_only)
+    lm = build_causal_lm(m.name_or_path, plain(m.architecture), len(tokenizer), m.local_files_only, load_options(cfg))
     wrapped = with_adapter(cfg, CausalLM(lm))
     partial = any(not p.requires_grad for p in wrapped.encoder.parameters())
     if partial and not cfg.task.generation.train_lm_head:
