@@ -2,7 +2,9 @@
 
 Each row becomes ``prompt_template`` around its text (optionally inside the tokenizer's chat template); every class's
 answer (its label words) is appended, and the class score is the answer's summed log-likelihood under the causal LM,
-computed for all ``batch x classes`` sequences in one forward pass. The scores are the class logits, so softmax
+computed for all ``batch x classes`` sequences in one forward pass (when every answer is a single token, the ``batch``
+prompts alone: the last position's next-token distribution scores them all). The vocabulary-wide LM head runs only at
+the positions that predict answer tokens, not over whole sequences. The scores are the class logits, so softmax
 normalises the probabilities over the label answers and every classification metric, ``finexp-eval``,
 ``finexp-predict`` and the reports work unchanged. Training minimises the LM loss on the right answer,
 ``-score[b, y_b]`` (:meth:`GenerativeClassifier.loss`).
@@ -147,26 +149,34 @@ class GenerativeClassifier(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor | None = None
     ) -> torch.Tensor:
-        ids, mask, starts = self._sequences(input_ids, attention_mask)
+        if all(len(a) == 1 for a in self.answers):  # one token each: one sequence per row, all read at its end
+            ids, mask, ends = self._sequences(input_ids, attention_mask, with_answers=False)
+            hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            last = hidden[torch.arange(len(ids), device=ids.device), ends - 1]  # predicts the answer's token
+            log_probs = self.head(last).float().log_softmax(-1)
+            return log_probs[:, [a[0] for a in self.answers]]
+        ids, mask, starts = self._sequences(input_ids, attention_mask, with_answers=True)
         hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        log_probs = self.head(hidden[:, :-1]).float().log_softmax(-1)  # position t predicts token t + 1
-        targets = ids[:, 1:]
-        picked = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B*C, T-1)
-        positions = torch.arange(targets.shape[1], device=ids.device)
-        lengths = mask.sum(1)
-        is_answer = (positions >= (starts - 1).unsqueeze(1)) & (positions < (lengths - 1).unsqueeze(1))
-        scores = (picked * is_answer).sum(-1)
+        # The head (a vocabulary-wide projection) runs only where an answer token is predicted: position t predicts
+        # token t + 1, so the answer starting at `start` is read from positions start - 1 .. length - 2.
+        positions = torch.arange(ids.shape[1] - 1, device=ids.device)
+        is_answer = (positions >= (starts - 1).unsqueeze(1)) & (positions < (mask.sum(1) - 1).unsqueeze(1))
+        row, position = is_answer.nonzero(as_tuple=True)
+        log_probs = self.head(hidden[row, position]).float().log_softmax(-1)
+        picked = log_probs.gather(-1, ids[row, position + 1].unsqueeze(-1)).squeeze(-1)
+        scores = picked.new_zeros(len(ids)).index_add(0, row, picked)
         return scores.view(input_ids.shape[0], len(self.answers))
 
     def _sequences(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, with_answers: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``B x C`` right-padded rows ``[lead] prefix text suffix answer_c``, their mask, the answers' starts."""
+        """Right-padded rows ``[lead] prefix text suffix``, their mask and lengths; ``with_answers``: ``B x C`` rows,
+        each followed by one class's answer, and the answers' starts instead of the lengths."""
         prompt = self.prompt
         lead_len = 0 if prompt.chat_template else prompt.lead  # a chat template writes its own BOS
         prefix, suffix = input_ids.new_tensor(self.prefix), input_ids.new_tensor(self.suffix)
-        answers = [input_ids.new_tensor(a) for a in self.answers]
-        longest = max(len(a) for a in answers)
+        answers = [input_ids.new_tensor(a) for a in self.answers] if with_answers else [input_ids.new_zeros(0)]
+        longest = max(len(a) for a in self.answers)
         rows, starts = [], []
         for row, length in zip(input_ids, attention_mask.sum(1).tolist(), strict=True):
             lead, text = row[:lead_len], row[prompt.lead : length - prompt.tail]
