@@ -35,8 +35,10 @@ from finexp.callbacks import run_costs
 from finexp.config import config_dir, validate_config
 from finexp.data.profile import build_input_profile
 from finexp.loggers import CSVLogger
+from finexp.models.backbone import weights_record
 from finexp.models.init_from import settle_head
 from finexp.multirun import failed_jobs
+from finexp.problems.common import load_options
 from finexp.records import run_info, write_json
 from finexp.resume import check_resume_checkpoint, clear_outcome, failure_record, plan_rerun, tracking_run_id
 from finexp.runs import initial_weights, open_teacher
@@ -237,6 +239,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
                 "augment": getattr(datamodule, "augment_record", None),  # data.augment: rows added to train
                 "init_from": initialized,  # model.init_from: the earlier run, and whether its head was kept
                 "privacy": privacy.report(),  # labels randomized and PII masked (DP-SGD's ε: metrics.json)
+                "model_weights": weights_record(model, cfg.model.name_or_path, load_options(cfg)),  # what loaded
             },
         )
         write_json(output_dir / "run_info.json", info)

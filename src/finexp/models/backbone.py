@@ -137,28 +137,36 @@ def prepare_for_training(model: Any, options: LoadOptions) -> Any:
     return model
 
 
-def model_revision(model: Any, name_or_path: str | None) -> dict[str, Any] | None:
-    """What weights ran, for ``run_info.json``: the hub commit, or a local directory's fingerprint.
+def weights_record(model: Any, name_or_path: str | None, options: LoadOptions) -> dict[str, Any]:
+    """What weights ran and how they loaded, for ``run_info.json``.
 
-    The fingerprint hashes every file's name, size, and first and last MiB (reading 14 GB of 7B weights in full
-    would take minutes); None for a model built from ``model.architecture``.
+    ``model`` is the loaded transformers model (or a wrapper whose ``encoder`` is one). The source is the hub
+    commit, or a local directory's fingerprint: every file's name, size, and first and last MiB (reading 14 GB of
+    7B weights in full would take minutes); a model built from ``model.architecture`` has neither.
     """
+    config = getattr(getattr(model, "encoder", model), "config", None)
+    record: dict[str, Any] = {
+        "dtype": options.dtype,
+        "attn_implementation": getattr(config, "_attn_implementation", None),  # what transformers picked
+        "gradient_checkpointing": options.gradient_checkpointing,
+        "quantization": options.quantization,
+    }
     if name_or_path is None:
-        return None
+        return record | {"source": "architecture"}
     directory = Path(name_or_path).expanduser()
-    if directory.is_dir():
-        digest = hashlib.sha256()
-        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-            size = path.stat().st_size
-            digest.update(f"{path.relative_to(directory)}\0{size}\0".encode())
-            with path.open("rb") as handle:
+    if not directory.is_dir():
+        commit = getattr(config, "_commit_hash", None)
+        return record | {"source": "hub", "id": name_or_path, "revision": options.revision, "commit": commit}
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(directory)}\0{size}\0".encode())
+        with path.open("rb") as handle:
+            digest.update(handle.read(2**20))
+            if size > 2**21:
+                handle.seek(-(2**20), os.SEEK_END)
                 digest.update(handle.read(2**20))
-                if size > 2**21:
-                    handle.seek(-(2**20), os.SEEK_END)
-                    digest.update(handle.read(2**20))
-        return {"source": "directory", "path": str(directory.resolve()), "fingerprint": digest.hexdigest()}
-    commit = getattr(getattr(model, "config", None), "_commit_hash", None)
-    return {"source": "hub", "id": name_or_path, "commit": commit}
+    return record | {"source": "directory", "path": str(directory.resolve()), "fingerprint": digest.hexdigest()}
 
 
 def _offline(local_files_only: bool) -> bool:
