@@ -24,6 +24,8 @@ EXPERIMENTS = sorted(p.stem for p in (Path(config_dir()) / "experiment").glob("*
 # What a user adds on the command line before the sweep can run (each experiment's header shows the command).
 COMMAND_LINE = {
     "few_shot_curve": ["task=sentiment", "data.path=sent_train.csv"],
+    "encoder_vs_llm": ["data.path=sent_train.csv"],  # task=tfns: a local copy of its CSV
+    "fingpt_sentiment": ["data.path=sent_train.csv"],
 }
 
 
@@ -54,7 +56,7 @@ def _assert_applied(cfg: DictConfig, point: list[str]) -> None:
     """Each override of the point reached the composed config: a group's choice, or a value."""
     choices = cfg.hydra.runtime.choices
     for override in OverridesParser.create().parse_overrides(point):
-        key, value = override.get_key_element(), override.value()
+        key, value = override.get_key_element().lstrip("+~"), override.value()  # +group=x appends a group
         if key in choices:
             assert choices[key] == value, f"{key}: chose {choices[key]}, not {value}"
         else:

@@ -255,3 +255,29 @@ def test_qlora_trains_lora_on_every_linear_layer_of_a_4bit_base_and_reloads(make
     assert again["same_test_split_as_training"] is True
     assert again["test/accuracy"] == pytest.approx(metrics["test/accuracy"], abs=1e-6)
     assert again["test/auroc"] == pytest.approx(metrics["test/auroc"], abs=1e-5)
+
+
+@needs_bitsandbytes
+def test_the_llm_contender_of_encoder_vs_llm_scores_the_tasks_label_words(make_cfg, tmp_path, llama_dir, monkeypatch):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    decoder = tmp_path / "decoder"  # a local decoder with its tokenizer, as FINEXP_LLM would name offline
+    shutil.copytree(llama_dir, decoder)
+    AutoTokenizer.from_pretrained(TOKENIZER).save_pretrained(decoder)
+    monkeypatch.setenv("FINEXP_LLM", str(decoder))
+    rows = sentiment_frame(n=60, neutral=True)
+    rows["label"] = rows["sentiment"].map({"bearish": 0, "bullish": 1, "neutral": 2})  # TFNS's numeric labels
+    path = tmp_path / "sent_train.csv"
+    rows.rename(columns={"headline": "text"}).drop(columns="sentiment").to_csv(path, index=False)
+
+    cfg = make_cfg(
+        "experiment=encoder_vs_llm", "+contender=llm_qlora", f"data.path={path}", "model.local_files_only=true"
+    )
+    validate_config(cfg)
+    assert cfg.model.name_or_path == str(decoder) and cfg.model.quantization == "4bit"
+    tokenizer = tokenizer_from(cfg)
+    net = model_from(cfg, 3, tokenizer, ["0", "1", "2"])
+    assert net.prompt.answers(net.label_names) == ["bearish", "bullish", "neutral"]  # task.label_words of task=tfns
+    assert "choose an answer from bearish, bullish, neutral" in tokenizer.decode(net.prefix)

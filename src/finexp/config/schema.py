@@ -78,6 +78,9 @@ class TaskConfig:
     label_columns: list[str] | None = None  # multilabel: or one 0/1 column per label (then label_column names them)
     numeric_columns: list[str] = field(default_factory=list)  # model.fusion: numeric columns fed beside the text
     data_hint: str = ""  # a standard dataset read from a local copy: where to get it (said when no data.path is given)
+    # {label: answer word(s)}: what each class is called in a prompt (method=generative; method.label_words wins),
+    # e.g. TFNS's numeric labels {"0": bearish, "1": bullish, "2": neutral}; null: the label names themselves
+    label_words: Any = None
 
 
 @dataclass

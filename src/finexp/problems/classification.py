@@ -155,7 +155,7 @@ def generative_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedToke
             f"method=generative needs a decoder (GPT-style) model, not model={m.name}: use model=tiny_gpt, or "
             "model=hf model.name_or_path=<a causal LM such as gpt2>"
         ) from err
-    words = plain(method.label_words)
+    words = plain(method.label_words) or plain(cfg.task.label_words)  # the method's, else the task's names
     prompt = GenerativePrompt(
         tokenizer, method.prompt_template, words, method.system_prompt, bool(method.chat_template)
     )
