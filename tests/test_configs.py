@@ -40,6 +40,10 @@ NEEDS = {
     ("task", "german_credit"): ["data.path=x.csv"],  # standard datasets: a local copy
     ("model", "hf"): ["model.name_or_path=some/model"],
     ("experiment", "distill"): ["distill.teacher=teacher.ckpt"],
+    ("experiment", "encoder_vs_llm"): ["data.path=x.csv"],  # task=tfns: a local copy
+    ("experiment", "fingpt_sentiment"): ["data.path=x.csv"],
+    ("contender", "llm_lora"): ["task=tfns", "data.path=x.csv"],  # generative: the task's label words
+    ("contender", "llm_qlora"): ["task=tfns", "data.path=x.csv"],
     ("method", "prompt"): ["method.verbalizer={no:bad,yes:good}"],
 }
 # Options that need a package finexp does not install (checked by validate_config before anything is built).

@@ -154,3 +154,33 @@ def test_label_words_that_tokenize_differently_after_the_prompt_are_refused(make
         GenerativePrompt(tokenizer, chat_template=True)
     with pytest.raises(FinexpError, match=r"method\.prompt_template=.* exactly one \{text\}"):
         GenerativePrompt(tokenizer, "no text here")
+
+
+def test_few_shot_evaluation_without_training_carries_its_examples_to_eval_and_the_predictor(make_cfg, tmp_path):
+    path = tmp_path / "headlines3.csv"
+    sentiment_frame(n=90, neutral=True).to_csv(path, index=False)
+    base = [*text_task(path), "model=tiny_llama", "method=generative", "trainer.max_epochs=0"]  # no training
+    cfg = make_cfg(*base, "method.in_context_examples=3")
+    metrics = train(cfg)
+    assert metrics["epochs"] == 0 and Path(metrics["best_checkpoint"]).is_file()
+
+    run = load_run(metrics["best_checkpoint"])  # a rebuilt model: its examples come from the checkpoint
+    context = run.module.model.prompt.context
+    shots = context.split("\n\n")[:-1]
+    assert len(shots) == 3 and all(s.startswith("Instruction: What is the sentiment") for s in shots)
+    train_rows = set(run.datamodule.texts["train"])
+    for shot in shots:  # each a solved train row: its text, then its label's word as the answer
+        text = shot.split("\nInput: ")[1].split("\nAnswer: ")[0]
+        assert text in train_rows and shot.rsplit("Answer: ", 1)[1] in LABELS
+
+    columns = [f"prob_{label}" for label in LABELS]
+    trained = pd.read_csv(Path(cfg.paths.output_dir) / "test_predictions.csv")
+    predictor = Predictor.from_checkpoint(metrics["best_checkpoint"], device="cpu")
+    probs, _ = predictor.probabilities(run.datamodule.splits.test)
+    np.testing.assert_allclose(probs, trained[columns].to_numpy(), atol=1e-5, rtol=0)
+
+    again = make_cfg(*base, "method.in_context_examples=3")
+    assert load_run(train(again)["best_checkpoint"]).module.model.prompt.context == context  # seeded: same examples
+    zero = make_cfg(*base)  # zero-shot: no examples, other scores
+    zero_shot = pd.read_csv(Path(zero.paths.output_dir) / "test_predictions.csv") if train(zero) else None
+    assert not np.allclose(zero_shot[columns].to_numpy(), trained[columns].to_numpy(), atol=1e-4)

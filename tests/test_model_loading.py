@@ -273,7 +273,7 @@ def test_the_llm_contender_of_encoder_vs_llm_scores_the_tasks_label_words(make_c
     rows.rename(columns={"headline": "text"}).drop(columns="sentiment").to_csv(path, index=False)
 
     cfg = make_cfg(
-        "experiment=encoder_vs_llm", "+contender=llm_qlora", f"data.path={path}", "model.local_files_only=true"
+        "experiment=encoder_vs_llm", "contender=llm_qlora", f"data.path={path}", "model.local_files_only=true"
     )
     validate_config(cfg)
     assert cfg.model.name_or_path == str(decoder) and cfg.model.quantization == "4bit"

@@ -266,6 +266,9 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
     costs = run_costs(trainer)  # now: validate/test below replace the callback metrics
 
     best = federation.best_checkpoint if federation is not None else _best_checkpoint(trainer)
+    if best is None and cfg.trainer.get("max_epochs") == 0:  # zero-/few-shot: the model as loaded is the run's
+        best = str(output_dir / "checkpoints" / "best.ckpt")
+        trainer.save_checkpoint(best, weights_only=True)
     metrics: dict[str, Any] = {}
     for result in trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True):
         metrics |= result

@@ -64,7 +64,17 @@ def validate_config(cfg: DictConfig) -> None:
     _require(0 <= warmup < 1, "scheduler.warmup_ratio", warmup, "must be in [0, 1)")
 
     max_epochs = cfg.trainer.get("max_epochs")
-    _require(max_epochs is None or max_epochs >= 1, "trainer.max_epochs", max_epochs, "must be >= 1")
+    if cfg.method.name == "generative":  # 0: zero-/few-shot evaluation of the decoder as loaded
+        _require(max_epochs is None or max_epochs >= 0, "trainer.max_epochs", max_epochs, "must be >= 0")
+        k = cfg.method.in_context_examples
+        _require(k >= 0, "method.in_context_examples", k, "must be >= 0")
+    else:
+        _require(
+            max_epochs is None or max_epochs >= 1,
+            "trainer.max_epochs",
+            max_epochs,
+            "must be >= 1 (0, evaluation without training, is for method=generative)",
+        )
     _validate_strategy(cfg.trainer)
     cv = OmegaConf.select(cfg, "data.cv")
     if cv is not None and cv.folds is not None:

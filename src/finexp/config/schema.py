@@ -343,6 +343,7 @@ class GenerativeMethodConfig(MethodConfig):
     label_words: Any = None  # {label: answer word(s)}; null: the label names themselves
     system_prompt: str | None = None  # with chat_template: the system message
     chat_template: bool = False  # render the prompt as the user turn of the tokenizer's chat template
+    in_context_examples: int = 0  # k solved train rows (drawn with `seed`) before every prompt: few-shot prompting
 
 
 @dataclass

@@ -16,6 +16,7 @@ the ordinary datamodule tokenized, so truncation (``data.max_length``, the model
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -65,6 +66,19 @@ class GenerativePrompt:
         self.lead = next(i for i in range(len(full)) if full[i : i + len(plain)] == plain)  # e.g. [CLS] / <s>
         self.tail = len(full) - self.lead - len(plain)  # e.g. [SEP]
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.context = ""  # solved examples before the instruction (method.in_context_examples)
+
+    def demonstrations(self, examples: Sequence[tuple[str, str]], label_names: Sequence[str]) -> str:
+        """``examples`` (text, label name) written as solved prompts: the template around each text, then its
+        answer, one blank line apart; what :meth:`render` puts before the instruction once it is ``context``."""
+        words = dict(zip([str(n) for n in label_names], self.answers(label_names), strict=True))
+        choices = ", ".join(words.values())
+        shots = []
+        for text, label in examples:
+            prompt = self.template.replace("{choices}", choices).replace("{text}", text)
+            space = "" if prompt.endswith((" ", "\n")) else " "
+            shots.append(f"{prompt}{space}{words[str(label)]}\n\n")
+        return "".join(shots)
 
     def render(self, label_names: Sequence[str]) -> tuple[list[int], list[int], list[list[int]]]:
         """Token ids of the instruction before the text, after it, and of each label's answer (in label order).
@@ -74,7 +88,7 @@ class GenerativePrompt:
                 prompt than alone (so its scored tokens would not be the ones the model reads).
         """
         words = self.answers(label_names)
-        text = self.template.replace("{choices}", ", ".join(words)).replace("{text}", _SENTINEL)
+        text = self.context + self.template.replace("{choices}", ", ".join(words)).replace("{text}", _SENTINEL)
         if self.chat_template:
             messages = [{"role": "user", "content": text}]
             if self.system_prompt:
@@ -135,12 +149,30 @@ class GenerativeClassifier(nn.Module):
         self.head = lm.get_output_embeddings()
         self.max_positions = _max_positions(lm.config)
         self.prompt = prompt
+        # the in-context examples as UTF-8 bytes: a checkpoint (even trainable-only) carries them to finexp-eval,
+        # finexp-predict and finexp-serve, whose rebuilt model has no train split to draw them from
+        self.register_buffer("context_bytes", torch.zeros(0, dtype=torch.uint8))
         self.bind_labels(label_names)
 
     def bind_labels(self, label_names: Sequence[str]) -> None:
         """Score the answers of ``label_names``, in that order (the logits' columns)."""
         self.label_names = [str(n) for n in label_names]
+        self.prompt.context = bytes(self.context_bytes.tolist()).decode("utf-8")
         self.prefix, self.suffix, self.answers = self.prompt.render(self.label_names)
+
+    def set_examples(self, examples: Sequence[tuple[str, str]]) -> None:
+        """Solve ``examples`` (text, label name) in front of every prompt (few-shot in-context learning)."""
+        context = self.prompt.demonstrations(examples, self.label_names).encode("utf-8")
+        self.context_bytes = torch.tensor(list(context), dtype=torch.uint8, device=self.context_bytes.device)
+        self.bind_labels(self.label_names)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        saved = state_dict.get(prefix + "context_bytes")
+        if saved is not None:  # the rebuilt model's buffer is empty: take the checkpoint's examples, whatever size
+            self.context_bytes = saved.clone().to(torch.uint8)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if saved is not None:
+            self.bind_labels(self.label_names)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The LM loss on the right answer's tokens: ``-logits[b, labels[b]]``, averaged over the batch."""

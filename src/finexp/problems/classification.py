@@ -167,12 +167,26 @@ def module(cfg: DictConfig, model: SequenceClassifier, datamodule: Classificatio
     """Cross-entropy (``task.class_weights``), accuracy/F1/AUROC/KS."""
     from finexp.tasks.classification import SequenceClassificationModule
 
+    if cfg.method.name == "generative" and cfg.method.in_context_examples:
+        model.set_examples(in_context_examples(datamodule, cfg.method.in_context_examples, cfg.seed))
     return SequenceClassificationModule(
         model,
         datamodule.label_names,
         **optimization(cfg),
         class_weights=class_weights(cfg.task.class_weights, datamodule.class_counts()),
     )
+
+
+def in_context_examples(datamodule: ClassificationDataModule, k: int, seed: int) -> list[tuple[str, str]]:
+    """``k`` train rows (text, label name), drawn without replacement with ``seed``: the solved examples of
+    few-shot prompting (``method.in_context_examples``)."""
+    import random
+
+    texts, labels = datamodule.texts["train"], datamodule.datasets["train"].labels.tolist()
+    if k > len(texts):
+        raise FinexpError(f"method.in_context_examples={k} exceeds the {len(texts)} rows of the train split")
+    rows = random.Random(seed).sample(range(len(texts)), k)
+    return [(texts[i], datamodule.label_names[labels[i]]) for i in rows]
 
 
 def distillation_module(
