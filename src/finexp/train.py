@@ -8,6 +8,7 @@ finexp-train --help                            # every group and option, and wha
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
@@ -19,12 +20,14 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
+from transformers import AutoConfig
 
 from finexp import FinexpError, build
 from finexp.adapters import count_parameters
@@ -35,7 +38,8 @@ from finexp.callbacks import run_costs
 from finexp.config import config_dir, validate_config
 from finexp.data.profile import build_input_profile
 from finexp.loggers import CSVLogger
-from finexp.models.backbone import weights_record
+from finexp.models import memory
+from finexp.models.backbone import load_pretrained, weights_record
 from finexp.models.init_from import settle_head
 from finexp.multirun import failed_jobs
 from finexp.problems.common import load_options
@@ -197,6 +201,9 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         del resumed
     if cfg.model.kind == "baseline":  # a classic model (model=tfidf_logreg, gbm): same splits, metrics, records
         return _train_baseline(cfg, datamodule, monitor, output_dir)
+    memory_records = {}
+    if cfg.model.check_memory:  # before any weights load: the estimate beside the device's free memory
+        memory_records = _check_memory(cfg, datamodule.num_labels, tokenizer, datamodule.label_names)
     initial = initial_weights(cfg.model.init_from) if cfg.model.init_from else None  # opened before anything builds
     model = build.model_from(cfg, datamodule.num_labels, tokenizer, datamodule.label_names, initial)
     del initial  # copied into the model
@@ -288,6 +295,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         **{k: float(v) for k, v in train_metrics.items()},
         **params,
         **costs,
+        **memory_records,  # the estimate (memory/estimate_mb and its parts), beside the measured memory/peak_mb
         **privacy.report(),
         **method_records,
         **(federation.report() if federation is not None else {}),
@@ -300,6 +308,86 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         write_json(output_dir / "metrics.json", metrics)
         _print_summary(metrics, output_dir, _wandb_hint(trainer))
     return metrics
+
+
+# precision -> (autocast compute dtype, dtype every parameter is cast to); Lightning's plugins do both
+_PRECISION_MEMORY = {
+    "bf16-mixed": (torch.bfloat16, None),
+    "bf16": (torch.bfloat16, None),
+    "16-mixed": (torch.float16, None),
+    "16": (torch.float16, None),
+    "bf16-true": (None, torch.bfloat16),
+    "16-true": (None, torch.float16),
+}
+_CONFIG_ONLY = ("dtype", "torch_dtype", "transformers_version", "_name_or_path", "architectures", "quantization_config")
+
+
+def estimate_run_memory(
+    cfg: DictConfig, num_labels: int, tokenizer: Any, label_names: list[str] | None = None
+) -> memory.MemoryEstimate:
+    """The peak memory of one training step of ``cfg`` (:func:`finexp.models.memory.estimate_memory`), before any
+    weights load: the run's model, adapter applied, is built with its parameters on the meta device, from the
+    checkpoint's config file alone when ``model.name_or_path`` is set."""
+    m = cfg.model
+    options = load_options(cfg)
+    meta_cfg = copy.deepcopy(cfg)
+    with open_dict(meta_cfg):
+        if m.name_or_path is not None:  # the architecture of the checkpoint: its config.json, no weights
+            revision = {"revision": options.revision} if options.revision else {}
+            config = load_pretrained(AutoConfig, m.name_or_path, "model config", m.local_files_only, **revision)
+            meta_cfg.model.architecture = {k: v for k, v in config.to_dict().items() if k not in _CONFIG_ONLY}
+            meta_cfg.model.name_or_path = None
+        meta_cfg.model.quantization = None  # counted by estimate_memory; a meta model cannot be quantized
+        meta_cfg.model.gradient_checkpointing = False  # both settings are estimated
+    with memory.parameters_on_meta():
+        model = build.model_from(meta_cfg, num_labels, tokenizer, label_names)
+    autocast, cast = _PRECISION_MEMORY.get(str(cfg.trainer.get("precision", "32-true")), (None, None))
+    if cast is not None:
+        model = model.to(cast)
+    length = cfg.data.max_length
+    if cfg.task.problem == "long_document":  # batches of windows
+        length = cfg.task.window.size
+    optimizer = str(cfg.optimizer.get("_target_", ""))
+    states = (1 if cfg.optimizer.get("momentum") else 0) if optimizer.endswith("sgd") else 2
+    return memory.estimate_memory(
+        model,
+        memory.step_shape(model, cfg.data.batch_size, length),
+        quantization=options.quantization,
+        gradient_checkpointing=options.gradient_checkpointing,
+        attn_implementation=options.attn_implementation,
+        autocast_dtype=autocast,
+        optimizer_states=states,
+        per_sample_gradients=cfg.data.batch_size if cfg.privacy.name == "dp_sgd" else 0,
+        device=_memory_device(cfg),
+    )
+
+
+def _memory_device(cfg: DictConfig) -> str:
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    return "cuda" if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu"
+
+
+def _check_memory(cfg: DictConfig, num_labels: int, tokenizer: Any, label_names: list[str] | None) -> dict[str, float]:
+    """Print the run's memory estimate beside the device's free memory and stop when it cannot fit
+    (``model.check_memory=false`` skips this); returns the estimate's ``metrics.json`` entries."""
+    try:
+        estimate = estimate_run_memory(cfg, num_labels, tokenizer, label_names)
+    except Exception as err:  # a model the estimate cannot build on the meta device must not stop the run; say so
+        log.warning(
+            "no memory estimate for this run: its model could not be built on the meta device or read (%s: %s); "
+            "the run goes on (model.check_memory=false skips the attempt)",
+            type(err).__name__,
+            err,
+        )
+        return {}
+    device = _memory_device(cfg)
+    devices = cfg.trainer.get("devices", 1)
+    processes = devices if device == "cpu" and isinstance(devices, int) and devices > 1 else 1  # share one RAM
+    available = memory.available_memory(device)
+    if rank_zero_only.rank == 0:
+        print(estimate.table(available, device), flush=True)
+    memory.check_fits(estimate, available, device, processes)
+    return {**estimate.records(), "memory/available_mb": available / 2**20}
 
 
 def _write_input_profile(cfg: DictConfig, datamodule: Any, output_dir: Path) -> None:
