@@ -142,3 +142,24 @@ def text_task(path: Path) -> list[str]:
         "task.text_column=headline",
         "task.label_column=sentiment",
     ]
+
+
+def save_tiny_llama(directory: Path, vocab_size: int) -> Path:
+    """A 2-layer Llama saved in bf16 with save_pretrained into ``directory``, as a hub checkpoint would be (random
+    weights, seeded): what the 4-bit, dtype and memory tests load as pretrained weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=vocab_size,
+        hidden_size=64,  # bitsandbytes' CPU kernels pack 4-bit weights in blocks of 64 inputs
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(directory)
+    return directory

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from torch.nn import functional as F
-from transformers import AutoConfig, AutoModelForCausalLM
 
-from conftest import sentiment_frame, text_task
+from conftest import save_tiny_llama, sentiment_frame, text_task
 from finexp.build import model_from, tokenizer_from
 from finexp.config import validate_config
 from finexp.config.resolvers import package_path
@@ -37,19 +36,7 @@ def headlines(tmp_path: Path) -> Path:
 def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer Llama saved with save_pretrained (bf16, random weights): what a 4-bit load quantizes."""
     directory = tmp_path_factory.mktemp("llama-bf16")
-    config = AutoConfig.for_model(
-        "llama",
-        vocab_size=1491,  # the tiny_llama tokenizer's
-        hidden_size=64,  # bitsandbytes' CPU kernels pack 4-bit weights in blocks of 64 inputs
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(directory)
-    return directory
+    return save_tiny_llama(directory, vocab_size=1491)
 
 
 def hf_llama(directory: Path) -> list[str]:

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
 
-from conftest import sentiment_frame, text_task
+from conftest import save_tiny_llama, sentiment_frame, text_task
 from finexp import FinexpError
 from finexp.build import model_from, tokenizer_from
 from finexp.config import validate_config
@@ -29,19 +28,7 @@ needs_bitsandbytes = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes")
 def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer Llama saved in bf16 with save_pretrained, as a hub checkpoint would be (random weights)."""
     directory = tmp_path_factory.mktemp("tiny-llama-bf16")
-    config = AutoConfig.for_model(
-        "llama",
-        vocab_size=30522,
-        hidden_size=64,  # bitsandbytes' CPU kernels pack 4-bit weights in blocks of 64 inputs
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(directory)
-    return directory
+    return save_tiny_llama(directory, vocab_size=30522)
 
 
 @pytest.fixture
