@@ -23,7 +23,6 @@ import os
 import platform
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +32,6 @@ import torch
 import transformers
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
-from torch.nn import functional as F
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from finexp.build import model_from, tokenizer_from
@@ -66,27 +64,6 @@ def compose_run(overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def lightning_step(model: torch.nn.Module, batch: int, length: int, losses: list[float]) -> Callable[[], None]:
-    """One training step in Lightning's order; the logits live only inside training_step, as there."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(4, 1400, (batch, length), generator=generator)
-    labels = torch.randint(0, len(LABELS), (batch,), generator=generator)
-
-    def training_step() -> torch.Tensor:
-        return F.cross_entropy(model(ids, torch.ones_like(ids)).float(), labels)
-
-    def step() -> None:
-        loss = training_step()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-
-    step.optimizer = optimizer  # type: ignore[attr-defined]
-    return step
-
-
 def run_case(name: str, overrides: list[str], batch: int, length: int) -> Case:
     cfg = compose_run([*overrides, f"data.batch_size={batch}", f"data.max_length={length}", "model.dropout=0.0"])
     tokenizer = tokenizer_from(cfg)
@@ -97,7 +74,7 @@ def run_case(name: str, overrides: list[str], batch: int, length: int) -> Case:
         model = model.to(torch.bfloat16)  # what Lightning's bf16-true plugin does at setup
     weights = memory.resident_bytes(model)
     losses: list[float] = []
-    step = lightning_step(model, batch, length, losses)
+    step = memory.classification_step(model, batch, length, 1400, len(LABELS), losses)
     measured = memory.measure_step_peak(step, model, step.optimizer)  # type: ignore[attr-defined]
     return Case(name, estimate, measured, weights, losses)
 

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 from conftest import save_tiny_llama, sentiment_frame, text_task
 from finexp.build import model_from, tokenizer_from
@@ -57,28 +55,8 @@ def _estimate_and_model(cfg) -> tuple[memory.MemoryEstimate, torch.nn.Module]:
     return estimate, model_from(cfg, len(LABELS), tokenizer, LABELS).train()
 
 
-def _lightning_step(model: torch.nn.Module, batch: int, length: int, vocab: int) -> Callable[[], None]:
-    """One step in Lightning's order: training_step (the logits die with it), zero_grad, backward, AdamW step."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(4, vocab, (batch, length), generator=generator)
-    labels = torch.randint(0, len(LABELS), (batch,), generator=generator)
-
-    def training_step() -> torch.Tensor:
-        return F.cross_entropy(model(ids, torch.ones_like(ids)).float(), labels)
-
-    def step() -> None:
-        loss = training_step()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    step.optimizer = optimizer  # type: ignore[attr-defined]
-    return step
-
-
 def _measured_peak(model: torch.nn.Module, cfg) -> int:
-    step = _lightning_step(model, cfg.data.batch_size, cfg.data.max_length, vocab=1400)
+    step = memory.classification_step(model, cfg.data.batch_size, cfg.data.max_length, 1400, len(LABELS))
     return memory.measure_step_peak(step, model, step.optimizer)  # type: ignore[attr-defined]
 
 

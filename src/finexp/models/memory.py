@@ -692,6 +692,36 @@ def resident_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = N
     return _storage_bytes(tensors)
 
 
+def classification_step(
+    model: nn.Module,
+    batch: int,
+    length: int,
+    vocab: int,
+    num_labels: int,
+    losses: list[float] | None = None,
+) -> Callable[[], None]:
+    """One classification training step in Lightning's order (training_step, where the logits live and die, then
+    zero_grad, backward, AdamW step) on seeded random token ids: what :func:`measure_step_peak` measures against the
+    estimate. Each call appends its loss to ``losses``; the optimizer is the step's ``optimizer`` attribute."""
+    import torch.nn.functional as F
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, vocab, (batch, length), generator=generator)
+    labels = torch.randint(0, num_labels, (batch,), generator=generator)
+
+    def step() -> None:
+        loss = F.cross_entropy(model(ids, torch.ones_like(ids)).float(), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if losses is not None:
+            losses.append(loss.item())
+
+    step.optimizer = optimizer  # type: ignore[attr-defined]
+    return step
+
+
 def measure_step_peak(
     step: Callable[[], object],
     model: nn.Module,
