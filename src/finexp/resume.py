@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import random
 import secrets
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,16 +180,6 @@ def clear_outcome(run_dir: str | Path) -> None:
     """Remove the outcome files of an earlier attempt, so the directory never holds both a failure and a result."""
     for name in ("metrics.json", "error.json"):
         (Path(run_dir) / name).unlink(missing_ok=True)
-
-
-def failure_record(err: BaseException) -> dict[str, Any]:
-    """The ``error.json`` of a failed run (the team contract: status, error, type, traceback)."""
-    return {
-        "status": "failed",
-        "error": str(err),
-        "type": type(err).__name__,
-        "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__)),
-    }
 
 
 def tracking_run_id(run_dir: str | Path) -> str:

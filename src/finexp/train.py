@@ -4,166 +4,62 @@ finexp-train                                   # credit scoring, all-MiniLM-L6-v
 finexp-train model=tiny_bert trainer.max_epochs=1
 finexp-train -m seed=1,2,3 adapter=full,freeze  # a sweep
 finexp-train --help                            # every group and option, and what each task.problem combines with
+
+This module loads only Hydra, OmegaConf and :mod:`finexp.config` (its capability table included): ``--help``,
+``--cfg job`` and a config that validation rejects answer without importing torch, Lightning or transformers. The
+run itself (:mod:`finexp.training`) is imported by :func:`train` once the config has been validated.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
+import importlib
 import logging
-import os
-import shlex
 import sys
-import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import hydra
-import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import WandbLogger
-from pytorch_lightning.utilities import rank_zero_only
-from transformers import AutoConfig
+from omegaconf import DictConfig
 
-from finexp import FinexpError, build
-from finexp.adapters import count_parameters
-from finexp.analysis import AnalysisOptions, analyze
-from finexp.analysis.regression import analyze_regression, predict_targets
-from finexp.baselines import run_baseline
-from finexp.callbacks import run_costs
-from finexp.config import config_dir, validate_config
-from finexp.data.profile import build_input_profile
-from finexp.loggers import CSVLogger
-from finexp.models import memory
-from finexp.models.backbone import load_pretrained, weights_record
-from finexp.models.init_from import settle_head
+from finexp import FinexpError
+from finexp.config import ConfigError, config_dir, validate_config
 from finexp.multirun import failed_jobs
-from finexp.problems.common import load_options
-from finexp.records import run_info, write_json
-from finexp.resume import check_resume_checkpoint, clear_outcome, failure_record, plan_rerun, tracking_run_id
-from finexp.runs import initial_weights, open_teacher
-from finexp.targets import instantiate
+from finexp.records import write_json
 
 log = logging.getLogger("finexp")
 
-
-def _hydra_choices() -> dict[str, Any]:
-    if not HydraConfig.initialized():
-        return {}
-    return {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
+# Names of finexp.training that callers have imported from here since before the split; loaded on first use.
+_FROM_TRAINING = ("REPORTS", "estimate_run_memory")
 
 
-def _best_checkpoint(trainer: pl.Trainer) -> str | None:
-    callback = trainer.checkpoint_callback
-    if isinstance(callback, ModelCheckpoint) and callback.best_model_path:
-        return callback.best_model_path
-    return None
-
-
-def _wandb_hint(trainer: pl.Trainer) -> str | None:
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            run = logger.experiment
-            if getattr(run, "offline", False) or run.settings.mode == "offline":
-                return f"W&B (offline): wandb sync {Path(run.dir).parent}"
-            return f"W&B: {run.url}"
-    return None
-
-
-def _command() -> str | None:
-    """The command line that reproduces this run (None when the config was composed in Python)."""
-    if not HydraConfig.initialized():
-        return None
-    return " ".join(["finexp-train", *(shlex.quote(o) for o in HydraConfig.get().overrides.task)])
-
-
-def _trust_report(
-    cfg: DictConfig, module: pl.LightningModule, datamodule: Any, trainer: pl.Trainer, metrics: dict, resolved: Any
-) -> dict[str, float]:
-    """Report of the best checkpoint (loaded into ``module`` by validate/test) on test, or val with ``test=false``."""
-    options = AnalysisOptions(**OmegaConf.to_container(cfg.analysis, resolve=True))
-    return analyze(
-        cfg.paths.output_dir,
-        module,
-        datamodule,
-        options,
-        split="test" if cfg.test else "val",
-        config={**resolved, "choices": _hydra_choices()},
-        metrics=metrics,
-        command=_command(),
-        loggers=trainer.loggers,
-        title=f"finexp run report: {cfg.run_name}",
-    )
-
-
-def _regression_report(
-    cfg: DictConfig, module: pl.LightningModule, datamodule: Any, trainer: pl.Trainer, metrics: dict, resolved: Any
-) -> dict[str, float]:
-    """Errors, residual plot and error by target decile of the best checkpoint on test (val with ``test=false``)."""
-    split = "test" if cfg.test else "val"
-    targets, predictions = predict_targets(module, getattr(datamodule, f"{split}_dataloader")())
-    return analyze_regression(
-        cfg.paths.output_dir,
-        targets,
-        predictions,
-        cfg.task.label_column,
-        split=split,
-        config={**resolved, "choices": _hydra_choices()},
-        metrics=metrics,
-        command=_command(),
-        loggers=trainer.loggers,
-        title=f"finexp run report: {cfg.run_name}",
-        rows_per_split={name: len(ds) for name, ds in datamodule.datasets.items()},
-        fingerprints=datamodule.fingerprints,
-    )
-
-
-REPORTS = {"classification": _trust_report, "regression": _regression_report}  # Problem.report -> writer
-
-
-def _train_baseline(cfg: DictConfig, datamodule: Any, monitor: str, output_dir: Path) -> dict[str, Any]:
-    """Fit a classic baseline on the train split and write the same records a fine-tuning run writes."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
-    extra = {
-        "choices": _hydra_choices(),
-        "labels": datamodule.label_names,
-        "monitor": monitor,
-        "serialized_columns": datamodule.serialized_columns,
-        "rows": {name: len(ds) for name, ds in datamodule.datasets.items()},
-        "sampling": getattr(datamodule, "sampling_record", None),  # data.k_shot / train_fraction / train_size
-    }
-    write_json(output_dir / "run_info.json", run_info(cfg.seed, datamodule.fingerprints, extra))
-    estimator = instantiate(cfg.model.estimator)
-    results = run_baseline(estimator, datamodule, output_dir, cfg.task.class_weights, test=cfg.test)
-    checkpoint = str(output_dir / "model.joblib")
-    metrics = {"status": "completed", "monitor": monitor, "best_checkpoint": checkpoint, "epochs": 1, **results}
-    for logger in build.loggers_from(cfg):
-        logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "choices": _hydra_choices()})
-        logger.log_metrics({k: v for k, v in results.items() if isinstance(v, float | int)}, step=0)
-        logger.finalize("success")
-    write_json(output_dir / "metrics.json", metrics)
-    _print_summary(metrics, output_dir, None)
-    return metrics
+def __getattr__(name: str) -> Any:
+    if name in _FROM_TRAINING:
+        return getattr(importlib.import_module("finexp.training"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one experiment: fit, pick the best checkpoint, validate and test it, write the run records.
 
-    A run into a directory that already holds this config's run (a rerun of a sweep) returns its ``metrics.json``
-    if it completed and continues from its ``last.ckpt`` otherwise (``resume=false``: start afresh); ``ckpt_path``
-    always continues from the checkpoint given (``last``: the run directory's own). The run's W&B run is closed
-    when it returns or raises, so the next run in the same process (a multirun job, a test) starts its own.
+    The config is validated first, with only the config system loaded (a config error costs a second, not the
+    import of torch); the heavy stack loads afterwards. A run into a directory that already holds this config's
+    run (a rerun of a sweep) returns its ``metrics.json`` if it completed and continues from its ``last.ckpt``
+    otherwise (``resume=false``: start afresh); ``ckpt_path`` always continues from the checkpoint given (``last``:
+    the run directory's own). The run's W&B run is closed when it returns or raises, so the next run in the same
+    process (a multirun job, a test) starts its own.
 
     Returns:
         The final metrics (also written to ``<output_dir>/metrics.json``).
     """
+    validate_config(cfg)
+    _check_compile(cfg)
     try:
-        metrics = _run(cfg)
+        from finexp.training import run
+
+        metrics = run(cfg)
     except BaseException:
         _finish_tracking(exit_code=1)
         raise
@@ -171,288 +67,30 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-def _run(cfg: DictConfig) -> dict[str, Any]:
-    validate_config(cfg)
-    build.check_call_arguments(cfg)
-    build.check_max_length(cfg)
-    output_dir = Path(cfg.paths.output_dir)
-    _tracking(cfg, output_dir)
-    plan = plan_rerun(output_dir, OmegaConf.to_container(cfg, resolve=True), cfg.ckpt_path, cfg.resume)
-    if plan.action == "skip":  # a rerun of a sweep: this job already finished
-        log.info("skipping the run: %s", plan.reason)
-        return plan.metrics
-    if plan.action == "resume":
-        log.info("resuming from %s (%s)", plan.ckpt_path, plan.reason)
-    elif plan.reason:
-        log.info("starting afresh: %s", plan.reason)
-    if rank_zero_only.rank == 0:
-        clear_outcome(output_dir)
-    pl.seed_everything(cfg.seed, workers=True)
-
-    tokenizer = build.tokenizer_from(cfg)
-    privacy = build.privacy_from(cfg)
-    datamodule = build.datamodule_from(cfg, tokenizer, privacy=privacy)
-    datamodule.prepare()
-    monitor = build.resolve_monitor(cfg, datamodule.num_labels)
-    resume_epoch = None
-    if plan.ckpt_path is not None:  # read safely and checked before Lightning restores it
-        resumed = check_resume_checkpoint(plan.ckpt_path, cfg.task.name, datamodule.label_names, not cfg.resume_check)
-        resume_epoch = int(resumed.get("epoch", -1))
-        del resumed
-    if cfg.model.kind == "baseline":  # a classic model (model=tfidf_logreg, gbm): same splits, metrics, records
-        return _train_baseline(cfg, datamodule, monitor, output_dir)
-    memory_records = {}
-    if cfg.model.check_memory:  # before any weights load: the estimate beside the device's free memory
-        memory_records = _check_memory(cfg, datamodule.num_labels, tokenizer, datamodule.label_names)
-    initial = initial_weights(cfg.model.init_from) if cfg.model.init_from else None  # opened before anything builds
-    model = build.model_from(cfg, datamodule.num_labels, tokenizer, datamodule.label_names, initial)
-    del initial  # copied into the model
-    initialized = settle_head(model, datamodule.label_names)  # model.init_from: keep or re-initialise the head
-    method, method_records = build.method_from(cfg), {}
-    if method is not None:  # method=setfit: stage 1 (contrastive pairs) now; the loop below is stage 2 (the head)
-        method_records = method.prepare(
-            model,
-            datamodule.datasets["train"],
-            tokenizer.pad_token_id,
-            cfg.seed,
-            build.stage_trainer_kwargs(cfg),
-            weight_decay=cfg.optimizer.weight_decay,
-            resume=plan.ckpt_path is not None,
+def _check_compile(cfg: DictConfig) -> None:
+    """``trainer.compile=true`` against what it cannot combine with, before anything heavy loads."""
+    if not cfg.trainer.get("compile", False):
+        return
+    if cfg.model.kind != "transformer":
+        raise ConfigError(
+            f"trainer.compile=true compiles a transformer encoder; model={cfg.model.name} is a "
+            f"{cfg.model.kind} model: use trainer.compile=false"
         )
-    teacher = functools.partial(open_teacher, cfg.distill.teacher) if cfg.distill.teacher else None
-    module = build.module_from(cfg, model, datamodule, teacher)
-    params = count_parameters(model)
-
-    loggers = build.loggers_from(cfg)
-    for logger in loggers:  # a resumed run keeps the CSV rows of the epochs its checkpoint holds
-        if isinstance(logger, CSVLogger):
-            logger.resume_epoch = resume_epoch
-    trainer = build.trainer_from(cfg, build.callbacks_from(cfg) + privacy.callbacks(), loggers)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    if trainer.is_global_zero:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
-        info = run_info(
-            cfg.seed,
-            datamodule.fingerprints,
-            {
-                "choices": _hydra_choices(),
-                "labels": datamodule.label_names,
-                "monitor": monitor,
-                "serialized_columns": getattr(datamodule, "serialized_columns", None),
-                "serialized_column_kinds": getattr(datamodule, "serialized_column_kinds", None),  # finexp-predict
-                "rows": {name: len(ds) for name, ds in datamodule.datasets.items()},
-                "sampling": getattr(datamodule, "sampling_record", None),  # data.k_shot / train_fraction / train_size
-                "augment": getattr(datamodule, "augment_record", None),  # data.augment: rows added to train
-                "init_from": initialized,  # model.init_from: the earlier run, and whether its head was kept
-                "privacy": privacy.report(),  # labels randomized and PII masked (DP-SGD's ε: metrics.json)
-                "model_weights": weights_record(model, cfg.model.name_or_path, load_options(cfg)),  # what loaded
-            },
+    if cfg.privacy.name == "dp_sgd":
+        raise ConfigError(
+            "trainer.compile=true with privacy=dp_sgd: Opacus' per-sample gradient hooks do not trace under "
+            "torch.compile; use trainer.compile=false"
         )
-        write_json(output_dir / "run_info.json", info)
-        _write_input_profile(cfg, datamodule, output_dir)
-    for logger in trainer.loggers:
-        logger.log_hyperparams({**resolved, "choices": _hydra_choices(), **params})
-        logger.log_metrics(params, step=0)
-    log.info(
-        "trainable parameters: %d of %d (%.2f%%)",
-        params["params/trainable"],
-        params["params/total"],
-        params["params/trainable_pct"],
-    )
 
-    started = time.perf_counter()
-    federation = None
-    if cfg.get("federated"):  # federated=fedavg|fedprox|...: Flower rounds over simulated clients, not one fit
-        federation = _federate(cfg, module, datamodule, trainer, output_dir)
-    else:
-        # weights_only, explicitly: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn a resumed last.ckpt into code
-        trainer.fit(module, datamodule=datamodule, ckpt_path=plan.ckpt_path, weights_only=True)
-    fit_seconds = time.perf_counter() - started
-    train_metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
-    costs = run_costs(trainer)  # now: validate/test below replace the callback metrics
 
-    best = federation.best_checkpoint if federation is not None else _best_checkpoint(trainer)
-    if best is None and cfg.trainer.get("max_epochs") == 0:  # zero-/few-shot: the model as loaded is the run's
-        best = str(output_dir / "checkpoints" / "best.ckpt")
-        trainer.save_checkpoint(best, weights_only=True)
-    metrics: dict[str, Any] = {}
-    for result in trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True):
-        metrics |= result
-    if cfg.test:
-        for result in trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False, weights_only=True):
-            metrics |= result
-        if trainer.is_global_zero and cfg.test_predictions:  # per-row predictions of the best checkpoint
-            from finexp.run_predictions import write_test_predictions
-
-            write_test_predictions(output_dir, module, datamodule, cfg.task.label_column)
-    metrics = {
-        "status": "completed",
-        "monitor": monitor,
-        "best_checkpoint": best,
-        "epochs": trainer.current_epoch or int(costs.get("time/epochs", 0)),  # spawned DDP: the ranks' count
-        "time/fit_s": fit_seconds,
-        **{k: float(v) for k, v in train_metrics.items()},
-        **params,
-        **costs,
-        **memory_records,  # the estimate (memory/estimate_mb and its parts), beside the measured memory/peak_mb
-        **privacy.report(),
-        **method_records,
-        **(federation.report() if federation is not None else {}),
-        **{k: float(v) for k, v in sorted(metrics.items())},
+def failure_record(err: BaseException) -> dict[str, Any]:
+    """The ``error.json`` of a failed run (the team contract: status, error, type, traceback)."""
+    return {
+        "status": "failed",
+        "error": str(err),
+        "type": type(err).__name__,
+        "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__)),
     }
-    report = REPORTS.get(build.problem_of(cfg).report or "")
-    if trainer.is_global_zero and cfg.analysis.enabled and report is not None:
-        metrics |= report(cfg, module, datamodule, trainer, metrics, resolved)
-    if trainer.is_global_zero:
-        write_json(output_dir / "metrics.json", metrics)
-        _print_summary(metrics, output_dir, _wandb_hint(trainer))
-    return metrics
-
-
-# precision -> (autocast compute dtype, dtype every parameter is cast to); Lightning's plugins do both
-_PRECISION_MEMORY = {
-    "bf16-mixed": (torch.bfloat16, None),
-    "bf16": (torch.bfloat16, None),
-    "16-mixed": (torch.float16, None),
-    "16": (torch.float16, None),
-    "bf16-true": (None, torch.bfloat16),
-    "16-true": (None, torch.float16),
-}
-_CONFIG_ONLY = ("dtype", "torch_dtype", "transformers_version", "_name_or_path", "architectures", "quantization_config")
-
-
-def estimate_run_memory(
-    cfg: DictConfig, num_labels: int, tokenizer: Any, label_names: list[str] | None = None
-) -> memory.MemoryEstimate:
-    """The peak memory of one training step of ``cfg`` (:func:`finexp.models.memory.estimate_memory`), before any
-    weights load: the run's model, adapter applied, is built with its parameters on the meta device, from the
-    checkpoint's config file alone when ``model.name_or_path`` is set."""
-    m = cfg.model
-    options = load_options(cfg)
-    meta_cfg = copy.deepcopy(cfg)
-    with open_dict(meta_cfg):
-        if m.name_or_path is not None:  # the architecture of the checkpoint: its config.json, no weights
-            revision = {"revision": options.revision} if options.revision else {}
-            config = load_pretrained(AutoConfig, m.name_or_path, "model config", m.local_files_only, **revision)
-            meta_cfg.model.architecture = {k: v for k, v in config.to_dict().items() if k not in _CONFIG_ONLY}
-            meta_cfg.model.name_or_path = None
-        meta_cfg.model.quantization = None  # counted by estimate_memory; a meta model cannot be quantized
-        meta_cfg.model.gradient_checkpointing = False  # both settings are estimated
-    with memory.parameters_on_meta():
-        model = build.model_from(meta_cfg, num_labels, tokenizer, label_names)
-    autocast, cast = _PRECISION_MEMORY.get(str(cfg.trainer.get("precision", "32-true")), (None, None))
-    if cast is not None:
-        model = model.to(cast)
-    length = cfg.data.max_length
-    if cfg.task.problem == "long_document":  # batches of windows
-        length = cfg.task.window.size
-    optimizer = str(cfg.optimizer.get("_target_", ""))
-    states = (1 if cfg.optimizer.get("momentum") else 0) if optimizer.endswith("sgd") else 2
-    return memory.estimate_memory(
-        model,
-        memory.step_shape(model, cfg.data.batch_size, length),
-        quantization=options.quantization,
-        gradient_checkpointing=options.gradient_checkpointing,
-        attn_implementation=options.attn_implementation,
-        autocast_dtype=autocast,
-        optimizer_states=states,
-        per_sample_gradients=cfg.data.batch_size if cfg.privacy.name == "dp_sgd" else 0,
-        device=_memory_device(cfg),
-    )
-
-
-def _memory_device(cfg: DictConfig) -> str:
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
-    return "cuda" if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu"
-
-
-def _check_memory(cfg: DictConfig, num_labels: int, tokenizer: Any, label_names: list[str] | None) -> dict[str, float]:
-    """Print the run's memory estimate beside the device's free memory and stop when it cannot fit
-    (``model.check_memory=false`` skips this); returns the estimate's ``metrics.json`` entries."""
-    try:
-        estimate = estimate_run_memory(cfg, num_labels, tokenizer, label_names)
-    except Exception as err:  # a model the estimate cannot build on the meta device must not stop the run; say so
-        log.warning(
-            "no memory estimate for this run: its model could not be built on the meta device or read (%s: %s); "
-            "the run goes on (model.check_memory=false skips the attempt)",
-            type(err).__name__,
-            err,
-        )
-        return {}
-    device = _memory_device(cfg)
-    devices = cfg.trainer.get("devices", 1)
-    processes = devices if device == "cpu" and isinstance(devices, int) and devices > 1 else 1  # share one RAM
-    available = memory.available_memory(device)
-    if rank_zero_only.rank == 0:
-        print(estimate.table(available, device), flush=True)
-    memory.check_fits(estimate, available, device, processes)
-    return {**estimate.records(), "memory/available_mb": available / 2**20}
-
-
-def _write_input_profile(cfg: DictConfig, datamodule: Any, output_dir: Path) -> None:
-    """``input_profile.json``: type, range, categories and text lengths of each input column of the train split, as
-    read (finexp-predict and -serve flag rows outside it). Problem types whose rows are not table/text rows (NER
-    sentences, prompts) have none."""
-    splits = getattr(datamodule, "splits", None)
-    if splits is None or not hasattr(splits, "train") or cfg.task.problem in ("token_classification", "generation"):
-        return
-    if cfg.task.text_column is not None:
-        columns, kinds = [cfg.task.text_column], {cfg.task.text_column: "free_text"}
-    else:
-        columns, kinds = datamodule.serialized_columns, datamodule.serialized_column_kinds
-    write_json(output_dir / "input_profile.json", build_input_profile(splits.train, columns, kinds))
-
-
-def _federate(
-    cfg: DictConfig, module: pl.LightningModule, datamodule: Any, trainer: pl.Trainer, output_dir: Path
-) -> Any:
-    """Federated training (``federated=...``): Flower rounds, then the best and last global models saved as this run's
-    checkpoints (so validation, test, the report, finexp-eval and finexp-export read them as any run's)."""
-    from finexp.federated.simulation import save_checkpoints
-
-    federation = build.federation_from(cfg, module, datamodule, trainer.loggers).run()
-    save_checkpoints(trainer, module, datamodule, federation)
-    if trainer.is_global_zero:
-        federation.write(output_dir / "federation.json")
-    return federation
-
-
-def _print_summary(metrics: dict[str, Any], output_dir: Path, wandb_hint: str | None) -> None:
-    rows = [(k, v) for k, v in metrics.items() if k.startswith(("test/", "val/")) and isinstance(v, float)]
-    width = max((len(k) for k, _ in rows), default=10)
-    lines = ["", "finexp run finished", *(f"  {k:<{width}}  {v:.4f}" for k, v in rows)]
-    lines.append(f"  run directory: {output_dir}")
-    if wandb_hint:
-        lines.append(f"  {wandb_hint}")
-    print("\n".join(lines), flush=True)
-
-
-def _tracking(cfg: DictConfig, output_dir: Path) -> None:
-    """W&B bookkeeping: one run id per run directory (a resumed run continues its W&B run), the runs of a multirun
-    in one group, and tags naming the run's task, model, adapter and privacy."""
-    wandb = OmegaConf.select(cfg, "logger.wandb")
-    if not wandb:
-        return
-    choices = _hydra_choices()
-    adapter = choices.get("adapter") or str(cfg.adapter.get("_target_", "")).rsplit(".", 1)[-1]
-    auto_tags = [f"task:{cfg.task.name}", f"model:{cfg.model.name}", f"adapter:{adapter}"]
-    auto_tags.append(f"privacy:{cfg.privacy.name}")
-    with open_dict(cfg):
-        # Under a W&B sweep agent the run id comes from the agent (WANDB_RUN_ID); otherwise from the run directory.
-        wandb.id = os.environ.get("WANDB_RUN_ID") or (tracking_run_id(output_dir) if rank_zero_only.rank == 0 else None)
-        wandb.resume = "allow"
-        if wandb.get("group") is None:
-            wandb.group = _sweep_group(cfg.task.name)
-        wandb.tags = [*(wandb.get("tags") or []), *(t for t in auto_tags if t not in (wandb.get("tags") or []))]
-
-
-def _sweep_group(task: str) -> str:
-    """The W&B group: ``<task>`` for a single run, ``<task>/<sweep dir>`` shared by the jobs of one multirun."""
-    if _is_multirun():
-        sweep_dir = Path(HydraConfig.get().sweep.dir)
-        return f"{task}/{sweep_dir.parent.name}-{sweep_dir.name}"
-    return task
 
 
 def _write_error(cfg: DictConfig, err: BaseException) -> None:
