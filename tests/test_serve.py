@@ -17,7 +17,7 @@ import pytest
 from conftest import applicants_frame
 from finexp.inference import InputSpec, Predictor
 from finexp.rules import RuleSet
-from finexp.serve import create_app, start_in_thread
+from finexp.serving import create_app, start_in_thread
 from serving_support import train_table_checkpoint
 
 RULES = RuleSet.from_specs(

@@ -22,7 +22,8 @@ import pytest
 from conftest import applicants_frame
 from finexp.config import ConfigError
 from finexp.inference import InputSpec, Prediction, Predictor
-from finexp.serve import create_app, public_metadata, read_api_keys, serve, start_in_thread
+from finexp.serve import serve
+from finexp.serving import create_app, public_metadata, read_api_keys, start_in_thread
 from serving_support import compose_in, train_table_checkpoint
 
 KEY = "k3y-for-tests-0123456789abcdef"

@@ -485,6 +485,10 @@ class ServerConfig:
     port: int = 8000
     max_batch: int = 256
     batch_size: int = 64
+    # micro-batching across requests and the backend (finexp.serving.batcher, finexp.serving.onnx)
+    max_batch_size: int = 64
+    max_wait_ms: float = 5.0
+    onnx: str | None = None  # a finexp-export format=onnx directory or .onnx file: ONNX Runtime scores
     device: str = "auto"
     threads: int = 0
     log_level: str = "info"
