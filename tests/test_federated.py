@@ -25,9 +25,10 @@ from finexp.federated import (
 from finexp.train import train
 
 flwr = pytest.importorskip("flwr")  # the `federated` extra (pulled by `dev`)
-from flwr.common import parameters_to_ndarrays  # noqa: E402
+from flwr.app import ConfigRecord  # noqa: E402
 
-from finexp.federated.client import ClientDP, ProximalTerm, payload_bytes  # noqa: E402
+from finexp.federated.app import ordered, record_bytes  # noqa: E402
+from finexp.federated.client import ClientDP, ProximalTerm  # noqa: E402
 
 FED = ["federated=fedavg", "federated.num_clients=3", "federated.rounds=2"]
 
@@ -117,28 +118,31 @@ def test_fedavg_aggregate_is_the_row_weighted_mean_of_client_parameters(make_cfg
     federation = _federation(
         make_cfg, sentiment_csv, "federated.partition=dirichlet", "federated.alpha=1.0", "optimizer.lr=3e-3"
     )
-    start = federation.strategy.initialize_parameters(federation.manager)
-    aggregated, record = federation.fit_round(1, start)
+    aggregated, record = federation.fit_round(1, federation.initial_arrays())
 
-    answers = [(res.num_examples, parameters_to_ndarrays(res.parameters)) for _, res in federation.last_results]
+    names = federation.names
+    answers = [
+        (r.content["metrics"]["num-examples"], ordered(r.content["arrays"], names)) for r in federation.last_replies
+    ]
     sizes = [n for n, _ in answers]
-    assert sorted(sizes) == sorted(len(p) for p in federation.partitions) and len(set(sizes)) > 1
+    assert sizes == [c["rows"] for c in federation.clients] and len(set(sizes)) > 1
     assert not np.allclose(answers[0][1][-2], answers[1][1][-2])  # the clients really trained apart
-    expected = [sum(n * arrays[i] for n, arrays in answers) / sum(sizes) for i in range(len(answers[0][1]))]
-    for got, want in zip(parameters_to_ndarrays(aggregated), expected, strict=True):
+    expected = [sum(n * arrays[i] for n, arrays in answers) / sum(sizes) for i in range(len(names))]
+    for got, want in zip(ordered(aggregated, names), expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert record.clients == ["0", "1", "2"] and record.bytes_up == record.bytes_down > 0
+    assert record.clients == ["0", "1", "2"] and record.bytes_up == record.bytes_down > 0 and not record.failures
 
 
 def test_lora_clients_exchange_far_fewer_bytes_than_full(make_cfg, sentiment_csv):
     sent = {}
     for adapter in ("full", "lora"):
         federation = _federation(make_cfg, sentiment_csv, f"adapter={adapter}")
-        start = federation.strategy.initialize_parameters(federation.manager)
-        instructions = federation.strategy.configure_fit(1, start, federation.manager)
-        sent[adapter] = sum(payload_bytes(ins.parameters) for _, ins in instructions)  # what goes down (= comes up)
+        messages = list(
+            federation.strategy.configure_train(1, federation.initial_arrays(), ConfigRecord(), federation.grid)
+        )
+        sent[adapter] = sum(record_bytes(m.content) for m in messages)  # what goes down (= comes up)
         exchanged = sum(p.numel() for p in federation.module.parameters() if p.requires_grad)
-        assert len(instructions) == 3
+        assert len(messages) == 3
         assert 3 * 4 * exchanged <= sent[adapter] <= 3 * (4 * exchanged + 200 * len(federation.names))  # float32
     assert sent["lora"] * 50 < sent["full"]
 

@@ -387,7 +387,7 @@ class FederatedDPConfig:
 
 @dataclass
 class FederatedConfig:
-    """``federated=fedavg|fedprox``: simulated institutions fine-tune one model with Flower (finexp.federated)."""
+    """``federated=fedavg|fedprox|...``: institutions fine-tune one model on Flower's Message API (finexp.federated)."""
 
     num_clients: int = 5
     rounds: int = 3
@@ -398,8 +398,15 @@ class FederatedConfig:
     min_rows: int = 10  # partition=dirichlet: redraw until every client holds at least this many rows
     partition_seed: int | None = None  # null: data.split_seed
     schedule: str = "global"  # global: the lr schedule spans all rounds | round: it restarts every round
-    strategy: Any = MISSING  # a Flower strategy (``_target_``, ``_partial_: true``): FedAvg, FedProx, FedAdam, ...
+    strategy: Any = MISSING  # a Flower Message-API strategy (flwr.serverapp.strategy.*, ``_partial_: true``)
     dp: FederatedDPConfig = field(default_factory=FederatedDPConfig)
+    runtime: str = "inprocess"  # inprocess (nodes in this process) | deployment (a SuperLink and SuperNodes)
+    superlink: str | None = None  # runtime=deployment: host:port of the SuperLink's ServerAppIo API (e.g. :9091)
+    root_certificates: str | None = None  # runtime=deployment: CA certificate (PEM) of a TLS SuperLink; null: insecure
+    min_available_nodes: int | None = None  # nodes a round waits for; null: num_clients
+    accept_failures: bool = False  # true: a round goes on with the nodes that answered (failures recorded)
+    timeout: float = 3600.0  # seconds a round waits for the nodes' replies
+    secure_aggregation: bool = False  # SecAgg+ (runtime=deployment): the coordinator sees only the sum of updates
 
 
 @dataclass

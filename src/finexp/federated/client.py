@@ -1,41 +1,24 @@
-"""A simulated institution: a Flower ``NumPyClient`` that trains the run's LightningModule on its own rows.
+"""One institution's local training: the run's LightningModule fitted with Lightning on the node's own rows.
 
-Each call of :meth:`FinexpClient.fit` is one local round: load the global trainable parameters into the shared
-module, fit it with a fresh Lightning ``Trainer`` for the round's local epochs on the client's rows, and return the
-trainable parameters (optionally clipped and noised: client-side DP). Only trainable parameters travel, so a LoRA
-client sends the adapter and the head, never the frozen encoder.
-
-:class:`InProcessClientProxy` is the server's handle on a client: Flower's ``ClientProxy`` interface, called in this
-process instead of over gRPC, which also counts the bytes of every message's serialized parameters.
+Each call of :meth:`LocalNode.train` is one local round: load the global trainable parameters into the module, fit
+it with a fresh Lightning ``Trainer`` for the round's local epochs on the node's rows, and return the trainable
+parameters (optionally clipped and noised: client-side DP). Only trainable parameters travel, so a LoRA node sends
+the adapter and the head, never the frozen encoder. The Flower ``ClientApp`` (:mod:`finexp.federated.app`) is the
+thin Message-API layer around it; nothing here knows about messages.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from flwr.client import NumPyClient
-from flwr.common import (
-    Code,
-    DisconnectRes,
-    EvaluateIns,
-    EvaluateRes,
-    FitIns,
-    FitRes,
-    GetParametersIns,
-    GetParametersRes,
-    GetPropertiesIns,
-    GetPropertiesRes,
-    Parameters,
-    ReconnectIns,
-    Status,
-)
-from flwr.server.client_proxy import ClientProxy
 from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, clip_inputs_inplace
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
@@ -43,6 +26,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
 from finexp import FinexpError
+from finexp.data.batching import LengthGroupedSampler, PadCollator, TokenizedDataset
 
 log = logging.getLogger("finexp")
 
@@ -74,11 +58,6 @@ def set_arrays(module: torch.nn.Module, names: Sequence[str], arrays: Sequence[n
             if tuple(array.shape) != tuple(param.shape):
                 raise FinexpError(f"parameter {name}: got shape {array.shape}, expected {tuple(param.shape)}")
             param.copy_(torch.from_numpy(np.asarray(array)).to(param.device, param.dtype))
-
-
-def payload_bytes(parameters: Parameters) -> int:
-    """Bytes of the serialized tensors in a Flower message (NumPy ``.npy`` buffers, headers included)."""
-    return sum(len(t) for t in parameters.tensors)
 
 
 class ProximalTerm(pl.Callback):
@@ -172,27 +151,46 @@ class ClientDP:
         return float(accountant.get_epsilon(delta=delta, alphas=RDP_ORDERS))
 
 
-class FinexpClient(NumPyClient):
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Torch's and NumPy's global generators seeded with ``seed`` inside, restored after.
+
+    A node's round is then a function of (global parameters, round, node) alone: dropout masks and DP noise do not
+    depend on what ran before in this process, so a federation resumed at round r+1 repeats the uninterrupted one.
+    """
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            yield
+    finally:
+        np.random.set_state(state)
+
+
+class LocalNode:
     """One institution: its rows, and the run's LightningModule trained on them with Lightning.
 
-    Clients of one simulation share ``module`` (they train in turn, and every round starts by loading the global
-    parameters), so N clients cost the memory of one model.
+    The nodes of an in-process federation share ``module`` (they train in turn, and every round starts by loading
+    the global parameters), so N nodes cost the memory of one model.
 
     Args:
-        cid: the client's id.
+        name: the node's name in the run's records (a partition index, or a deployment node's own name).
         module: the run's LightningModule (its optimizer and schedule factories are used as they are).
-        names: the trainable parameters exchanged, in order (:func:`trainable_names`).
-        loader: ``(server_round) -> DataLoader`` over this client's training rows (a new order every round).
+        names: the trainable parameters exchanged (:func:`trainable_names`).
+        loader: ``(server_round) -> DataLoader`` over this node's training rows (a new order every round).
         make_trainer: ``(**overrides) -> pl.Trainer`` for the local rounds (no logger, no checkpoints).
         local_epochs: epochs over its rows per round.
         rounds: rounds in the whole run (for a schedule spanning all rounds).
         schedule: ``global`` (one schedule across rounds) or ``round`` (the schedule restarts every round).
         dp: client-side DP of the update; None: none.
+        seed: seeds the node's dropout and noise in each round (with the round number).
     """
 
     def __init__(
         self,
-        cid: str,
+        name: str,
         module: pl.LightningModule,
         names: Sequence[str],
         loader: Callable[[int], DataLoader],
@@ -201,8 +199,9 @@ class FinexpClient(NumPyClient):
         rounds: int = 1,
         schedule: str = "global",
         dp: ClientDP | None = None,
+        seed: int = 0,
     ) -> None:
-        self.cid = cid
+        self.name = name
         self.module = module
         self.names = list(names)
         self.loader = loader
@@ -211,19 +210,31 @@ class FinexpClient(NumPyClient):
         self.rounds = rounds
         self.schedule = schedule
         self.dp = dp
+        self.seed = seed
 
-    def get_parameters(self, config: dict) -> list[np.ndarray]:
-        return get_arrays(self.module, self.names)
+    def train(
+        self, arrays: Mapping[str, np.ndarray], config: Mapping[str, Any]
+    ) -> tuple[dict[str, np.ndarray], int, dict[str, float]]:
+        """One local round from the global trainable parameters ``arrays`` (by parameter name).
 
-    def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list[np.ndarray], int, dict]:
-        """One local round: train on this client's rows from the global ``parameters``.
+        ``config`` carries ``server-round`` and, from Flower's ``FedProx``, ``proximal-mu``.
 
-        ``config`` carries ``server_round`` and, from Flower's ``FedProx``, ``proximal_mu``.
+        Returns:
+            The new trainable parameters (by name), the number of training rows, and the metrics
+            (``train_loss``; with DP, ``update_norm`` before clipping).
         """
-        server_round = int(config.get("server_round", 1))
-        set_arrays(self.module, self.names, parameters)
+        missing = sorted(set(self.names) - set(arrays))
+        unknown = sorted(set(arrays) - set(self.names))
+        if missing or unknown:
+            raise FinexpError(
+                f"node {self.name}: the global model does not match this node's trainable parameters "
+                f"(missing {missing[:3]}, unknown {unknown[:3]}); both sides must compose the same model and adapter"
+            )
+        server_round = int(config.get("server-round", 1))
+        old = [np.asarray(arrays[n]) for n in self.names]
+        set_arrays(self.module, self.names, old)
         callbacks: list[pl.Callback] = []
-        mu = float(config.get("proximal_mu", 0.0))
+        mu = float(config.get("proximal-mu", 0.0))
         if mu > 0:
             params = dict(self.module.named_parameters())
             callbacks.append(ProximalTerm(mu, {n: params[n].detach().clone() for n in self.names}))
@@ -232,44 +243,36 @@ class FinexpClient(NumPyClient):
         base = self.module.scheduler_factory
         if base is not None and self.schedule == "global":
             self.module.scheduler_factory = RoundSchedule(base, self.rounds, server_round)
-        try:
-            trainer.fit(self.module, train_dataloaders=loader)
-        finally:
-            self.module.scheduler_factory = base
-        new = get_arrays(self.module, self.names)
-        metrics = {"train_loss": float(trainer.callback_metrics.get("train/loss_epoch", float("nan")))}
-        if self.dp is not None:
-            new, norm = self.dp.apply(new, parameters)
-            metrics["update_norm"] = norm
-        return new, len(loader.dataset), metrics
+        with seeded(self.seed + 7919 * server_round):
+            try:
+                trainer.fit(self.module, train_dataloaders=loader)
+            finally:
+                self.module.scheduler_factory = base
+            new = get_arrays(self.module, self.names)
+            metrics = {"train_loss": float(trainer.callback_metrics.get("train/loss_epoch", float("nan")))}
+            if self.dp is not None:
+                new, norm = self.dp.apply(new, old)
+                metrics["update_norm"] = norm
+        return dict(zip(self.names, new, strict=True)), len(loader.dataset), metrics
 
 
-class InProcessClientProxy(ClientProxy):
-    """Flower's ``ClientProxy`` for a client living in this process: the server calls it as it would a remote one
-    (messages carry serialized ``Parameters``), and it counts the bytes that would cross the network."""
+def client_loader(
+    dataset: TokenizedDataset,
+    rows: Sequence[int],
+    batch_size: int,
+    collate: PadCollator,
+    seed: int,
+    group_by_length: bool = True,
+) -> Callable[[int], DataLoader]:
+    """``server_round -> DataLoader`` over a node's rows: length-grouped, a new order every round."""
+    starts, ends = dataset.offsets[:-1], dataset.offsets[1:]
+    ids = [dataset.ids[starts[i] : ends[i]].tolist() for i in rows]
+    subset = TokenizedDataset(ids, dataset.labels[list(rows)].tolist())
 
-    def __init__(self, cid: str, client: NumPyClient) -> None:
-        super().__init__(cid)
-        self.client = client.to_client()
-        self.bytes_down = 0  # server -> client
-        self.bytes_up = 0  # client -> server
+    def loader(server_round: int) -> DataLoader:
+        sampler = LengthGroupedSampler(
+            subset.lengths, batch_size, seed=seed + 7919 * server_round, window_batches=50 if group_by_length else 0
+        )
+        return DataLoader(subset, batch_size=batch_size, sampler=sampler, collate_fn=collate)
 
-    def get_properties(self, ins: GetPropertiesIns, timeout: float | None, group_id: int | None) -> GetPropertiesRes:
-        return GetPropertiesRes(status=Status(code=Code.OK, message=""), properties={"cid": self.cid})
-
-    def get_parameters(self, ins: GetParametersIns, timeout: float | None, group_id: int | None) -> GetParametersRes:
-        res = self.client.get_parameters(ins)
-        self.bytes_up += payload_bytes(res.parameters)
-        return res
-
-    def fit(self, ins: FitIns, timeout: float | None, group_id: int | None) -> FitRes:
-        self.bytes_down += payload_bytes(ins.parameters)
-        res = self.client.fit(ins)
-        self.bytes_up += payload_bytes(res.parameters)
-        return res
-
-    def evaluate(self, ins: EvaluateIns, timeout: float | None, group_id: int | None) -> EvaluateRes:
-        raise FinexpError("finexp evaluates the global model on the server (the val split), not on clients")
-
-    def reconnect(self, ins: ReconnectIns, timeout: float | None, group_id: int | None) -> DisconnectRes:
-        return DisconnectRes(reason="")
+    return loader

@@ -1,26 +1,102 @@
-"""Federated runs from a config: ``federated=...`` -> the clients' partitions, the strategy and the trainers."""
+"""Federated runs from a config: ``federated=...`` -> the nodes, the strategy, the grid of ``federated.runtime``."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from finexp import FinexpError
 from finexp.targets import instantiate
 
+RUNTIMES = ("inprocess", "simulation", "deployment")
+
+
+def check_runtime(fed: DictConfig) -> None:
+    """``federated.runtime`` and what it needs, before any node is built."""
+    runtime = fed.get("runtime", "inprocess")
+    if runtime not in RUNTIMES:
+        raise FinexpError(f"federated.runtime={runtime!r} is not allowed: choose one of {', '.join(RUNTIMES)}")
+    if runtime == "simulation":
+        raise FinexpError(
+            "federated.runtime=simulation (Flower's Ray simulation engine) is not wired up in this finexp; use "
+            "federated.runtime=inprocess (the same ServerApp/ClientApp code over an in-memory grid) or deployment"
+        )
+    if runtime == "deployment" and not fed.get("superlink"):
+        raise FinexpError(
+            "federated.runtime=deployment needs federated.superlink=host:port (the SuperLink's ServerAppIo API, "
+            "e.g. 127.0.0.1:9091; start one with `finexp-federate serve`)"
+        )
+    if fed.get("secure_aggregation") and runtime == "inprocess":
+        raise FinexpError(
+            "federated.secure_aggregation=true needs Flower's SecAgg+ workflow between separate nodes; "
+            "use federated.runtime=deployment (the in-process runtime has no untrusted coordinator to hide from)"
+        )
+
+
+def trainer_factory(cfg: DictConfig) -> Any:
+    """``(**overrides) -> pl.Trainer`` for local rounds and the coordinator's scoring: the run's ``trainer`` config
+    without logger, checkpoints, summaries or progress bars."""
+    base = {
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        "enable_progress_bar": False,
+        "num_sanity_val_steps": 0,
+        "default_root_dir": cfg.paths.output_dir,
+    }
+
+    def make_trainer(**overrides: Any) -> pl.Trainer:
+        return instantiate(cfg.trainer, **{**base, **overrides})
+
+    return make_trainer
+
+
+def client_dp_from(cfg: DictConfig) -> Any:
+    """``federated.dp``: the client-side clip and noise of every update (None: off)."""
+    from finexp.federated.client import ClientDP
+
+    fed = cfg.federated
+    if not fed.dp.enabled:
+        return None
+    if fed.dp.noise_multiplier is not None:
+        return ClientDP(fed.dp.clipping_norm, fed.dp.noise_multiplier)
+    return ClientDP.for_epsilon(fed.dp.clipping_norm, fed.dp.epsilon, fed.dp.delta, fed.rounds)
+
 
 def federation_from(cfg: DictConfig, module: pl.LightningModule, datamodule: Any, loggers: list[Any]) -> Any:
-    """``federated=...``: the clients' partitions, the Flower strategy and the trainers of a federated run.
+    """``federated=...``: the federation of a run, on the runtime ``federated.runtime`` names.
 
-    Returns a :class:`finexp.federated.simulation.Federation` (Flower is imported only here, when asked for).
+    Returns an object whose ``run()`` gives a :class:`finexp.federated.server.FederationResult` (Flower is
+    imported only here, when asked for): the in-process :class:`~finexp.federated.server.Federation` itself, or a
+    runner that first reaches Flower's simulation engine or a SuperLink.
     """
+    fed = cfg.federated
+    check_runtime(fed)
+    runtime = fed.get("runtime", "inprocess")
+    if runtime == "deployment":
+        from finexp.federated.deployment import deployment_from
+
+        return deployment_from(cfg, module, datamodule, loggers)
+    federation, _ = _local_federation(cfg, module, datamodule, loggers)
+    return federation
+
+
+def _local_federation(cfg: DictConfig, module: pl.LightningModule, datamodule: Any, loggers: list[Any]) -> Any:
+    """The coordinator and its nodes over partitions of this run's train split (in-process and simulation)."""
+    from flwr.app import Context, RecordDict
+
     from finexp.config import monitor_mode
+    from finexp.data.batching import PadCollator
     from finexp.federated import partition_rows
-    from finexp.federated.client import ClientDP
-    from finexp.federated.partition import client_values
-    from finexp.federated.simulation import Federation
+    from finexp.federated.app import make_client_app
+    from finexp.federated.client import LocalNode, client_loader, trainable_names
+    from finexp.federated.grid import InProcessGrid
+    from finexp.federated.partition import client_values, label_skew
+    from finexp.federated.server import STATE_DIR, Federation
 
     fed = cfg.federated
     train_set = datamodule.datasets["train"]
@@ -48,43 +124,70 @@ def federation_from(cfg: DictConfig, module: pl.LightningModule, datamodule: Any
         column=fed.partition_column,
         min_rows=fed.min_rows,
     )
-    dp = None
-    if fed.dp.enabled:
-        if fed.dp.noise_multiplier is not None:
-            dp = ClientDP(fed.dp.clipping_norm, fed.dp.noise_multiplier)
-        else:
-            dp = ClientDP.for_epsilon(fed.dp.clipping_norm, fed.dp.epsilon, fed.dp.delta, fed.rounds)
-    base = {  # local rounds and server-side evaluation: no logger, checkpoints, summaries or progress bars
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_model_summary": False,
-        "enable_progress_bar": False,
-        "num_sanity_val_steps": 0,
-        "default_root_dir": cfg.paths.output_dir,
+    dp = client_dp_from(cfg)
+    make_trainer = trainer_factory(cfg)
+    names = trainable_names(module)
+    collate = PadCollator(datamodule.tokenizer.pad_token_id)
+    nodes = {
+        i + 1: LocalNode(  # node ids start at 1 (Flower's SuperLink is node 0)
+            str(i),
+            module,
+            names,
+            client_loader(train_set, rows, cfg.data.batch_size, collate, cfg.seed + 1000 * i, cfg.data.group_by_length),
+            make_trainer,
+            local_epochs=fed.local_epochs,
+            rounds=fed.rounds,
+            schedule=fed.schedule,
+            dp=dp,
+            seed=cfg.seed + 1000 * i,
+        )
+        for i, rows in enumerate(partitions)
     }
-
-    def make_trainer(**overrides: Any) -> pl.Trainer:
-        return instantiate(cfg.trainer, **{**base, **overrides})
-
-    monitor = cfg.task.monitor
-    return Federation(
+    labels = train_set.labels.numpy()
+    num_labels = int(labels.max()) + 1 if len(labels) else 0
+    names_of = client_values(groups, partitions) if groups is not None else None
+    clients = [
+        {
+            "cid": str(i),
+            "rows": len(rows),
+            "label_counts": np.bincount(labels[rows], minlength=num_labels).tolist(),
+            **({"values": list(names_of[i])} if names_of else {}),
+        }
+        for i, rows in enumerate(partitions)
+    ]
+    app = make_client_app(lambda context: nodes[context.node_id])
+    contexts = {i: Context(run_id=1, node_id=i, node_config={}, state=RecordDict(), run_config={}) for i in nodes}
+    federation = Federation(
         module,
-        partitions,
-        train_set,
-        datamodule.val_dataloader(),
-        strategy=instantiate(fed.strategy),
-        make_trainer=make_trainer,
+        names,
+        instantiate(fed.strategy),
         rounds=fed.rounds,
-        local_epochs=fed.local_epochs,
-        batch_size=cfg.data.batch_size,
-        pad_token_id=datamodule.tokenizer.pad_token_id,
-        monitor=monitor,
-        mode=monitor_mode(monitor),
+        val_loader=datamodule.val_dataloader(),
+        make_trainer=make_trainer,
+        num_nodes=fed.get("min_available_nodes") or len(nodes),
+        grid=InProcessGrid(app, contexts),
+        monitor=cfg.task.monitor,
+        mode=monitor_mode(cfg.task.monitor),
         loggers=loggers,
-        seed=cfg.seed,
-        schedule=fed.schedule,
+        clients=clients,
+        node_names={i: node.name for i, node in nodes.items()},
+        label_skew=label_skew(labels, partitions, num_labels),
         dp=dp,
         dp_delta=fed.dp.delta if dp is not None else None,
-        client_names=client_values(groups, partitions) if groups is not None else None,
-        group_by_length=cfg.data.group_by_length,
+        seed=cfg.seed,
+        timeout=fed.get("timeout", 3600.0),
+        accept_failures=fed.get("accept_failures", False),
+        state_dir=Path(cfg.paths.output_dir) / STATE_DIR,
+        config=_plain_config(cfg),
+        resume=bool(cfg.get("resume", True)),
+        runtime=fed.get("runtime", "inprocess"),
     )
+    return federation, nodes
+
+
+def _plain_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config a saved federation state is compared against (``paths`` and ``hydra`` left out: a rerun
+    into the same directory is the same run)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    return {k: v for k, v in plain.items() if k not in ("paths", "hydra", "resume")}

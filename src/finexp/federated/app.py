@@ -1,0 +1,83 @@
+"""finexp's Flower ``ClientApp``: the Message-API layer around a node's local training.
+
+A ``train`` message carries the global trainable parameters as an ``ArrayRecord`` (one ``Array`` per parameter,
+keyed by its name) and the strategy's ``ConfigRecord`` (``server-round``, FedProx's ``proximal-mu``). The reply
+carries the node's new parameters under the same key and a ``MetricRecord`` with ``num-examples`` (what FedAvg
+weighs by), ``train_loss`` and, with client DP, ``update_norm``. Nothing else crosses: not rows, not the frozen
+weights.
+
+The same app serves every runtime; only how it finds the node's :class:`~finexp.federated.client.LocalNode` differs
+(``node_for``): in-process, a table of nodes sharing the run's module; in a deployment, a node built once per run
+from the SuperNode's own config (:mod:`finexp.federated.deployment`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from finexp import FinexpError
+from finexp.federated.client import LocalNode
+
+NodeResolver = Callable[[Context], LocalNode]
+
+
+def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """Trainable parameters (by name) as an ``ArrayRecord`` (NumPy ``.npy`` buffers, never pickles)."""
+    return ArrayRecord({name: Array(np.ascontiguousarray(value)) for name, value in arrays.items()})
+
+
+def from_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """An ``ArrayRecord`` back to NumPy arrays by name."""
+    return {name: array.numpy() for name, array in record.items()}
+
+
+def ordered(record: ArrayRecord, names: Sequence[str]) -> list[np.ndarray]:
+    """The record's arrays in the order of ``names`` (the module's trainable parameters)."""
+    arrays = from_record(record)
+    missing = [n for n in names if n not in arrays]
+    if missing or len(arrays) != len(names):
+        raise FinexpError(f"the aggregate holds {len(arrays)} arrays for {len(names)} trainable parameters")
+    return [arrays[n] for n in names]
+
+
+def record_bytes(content: RecordDict) -> int:
+    """Bytes of the parameters a message carries (the ``.npy`` buffers of its ``ArrayRecord``s)."""
+    return sum(len(a.data) for record in content.array_records.values() for a in record.values())
+
+
+def _single(records: Mapping[str, object], kind: str) -> tuple[str, object]:
+    if len(records) != 1:
+        raise FinexpError(f"a finexp train message carries exactly one {kind}; got {sorted(records)}")
+    return next(iter(records.items()))
+
+
+def make_client_app(node_for: NodeResolver, mods: Sequence[Callable] = ()) -> ClientApp:
+    """The ``ClientApp`` training whatever node ``node_for(context)`` names on each ``train`` message.
+
+    Args:
+        node_for: the node of the SuperNode (or in-process node) a message is addressed to.
+        mods: Flower mods around the handlers (e.g. ``secaggplus_mod`` for secure aggregation).
+    """
+    app = ClientApp(mods=list(mods))
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        key, arrays = _single(message.content.array_records, "ArrayRecord")
+        configs = message.content.config_records
+        config = dict(next(iter(configs.values()))) if configs else {}
+        node = node_for(context)
+        new, rows, metrics = node.train(from_record(arrays), config)  # type: ignore[arg-type]
+        content = RecordDict(
+            {
+                key: to_record(new),
+                "metrics": MetricRecord({"num-examples": rows, **metrics}),
+                "node": ConfigRecord({"name": node.name}),
+            }
+        )
+        return Message(content, reply_to=message)
+
+    return app
