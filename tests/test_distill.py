@@ -11,13 +11,14 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-import finexp.train
+import finexp.training
 from conftest import text_task
 from finexp import FinexpError, build
 from finexp.config import ConfigError, validate_config
 from finexp.evaluate import load_run
+from finexp.problems.classification_training import ClassificationObjective
+from finexp.problems.distillation import distillation_loss, distillation_module
 from finexp.runs import Teacher, open_teacher
-from finexp.tasks.distillation import DistillationModule, distillation_loss
 from finexp.train import train
 
 
@@ -48,10 +49,11 @@ def test_loss_equals_the_formula_on_a_hand_made_example():
 
 def test_soft_targets_are_looked_up_by_row_index():
     teacher_logits = torch.tensor([[float(i), -float(i)] for i in range(6)])
-    module = DistillationModule(torch.nn.Linear(2, 2), ["no", "yes"], teacher_logits, temperature=1.0, alpha=0.5)
-    torch.testing.assert_close(module.soft_targets(torch.tensor([4, 1])), torch.tensor([[4.0, -4.0], [1.0, -1.0]]))
+    module = distillation_module(torch.nn.Linear(2, 2), ["no", "yes"], teacher_logits, temperature=1.0, alpha=0.5)
+    soft = module.objective.soft_targets(module, torch.tensor([4, 1]))
+    torch.testing.assert_close(soft, torch.tensor([[4.0, -4.0], [1.0, -1.0]]))
     with pytest.raises(FinexpError, match="3 classes"):
-        DistillationModule(torch.nn.Linear(2, 3), ["a", "b", "c"], teacher_logits)
+        distillation_module(torch.nn.Linear(2, 3), ["a", "b", "c"], teacher_logits)
 
 
 def test_bad_distillation_settings_are_rejected(make_cfg, sentiment_csv):
@@ -77,7 +79,7 @@ def test_teacher_runs_once_per_train_row_and_the_student_trains(make_cfg, sentim
         teacher.model.register_forward_hook(lambda _m, args, kwargs, out: rows_seen.append(len(out)), with_kwargs=True)
         return teacher
 
-    monkeypatch.setattr(finexp.train, "open_teacher", counting_teacher)
+    monkeypatch.setattr(finexp.training, "open_teacher", counting_teacher)
     cfg = make_cfg(
         *text_task(sentiment_csv),
         "experiment=distill",
@@ -105,7 +107,7 @@ def test_teacher_runs_once_per_train_row_and_the_student_trains(make_cfg, sentim
     assert losses[-1] < losses[0]
     assert metrics["test/auroc"] > 0.8  # an easy task: the student learns (chance is 0.5)
     student = load_run(metrics["best_checkpoint"])  # a plain classifier checkpoint: finexp-eval/export load it
-    assert type(student.module).__name__ == "SequenceClassificationModule"
+    assert type(student.module.objective) is ClassificationObjective  # not the distillation objective
 
     # A rerun into the same directory reads the cache: the teacher is not even loaded.
     datamodule = build.datamodule_from(cfg, build.tokenizer_from(cfg))

@@ -28,23 +28,20 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
-import pandas as pd
-import pytorch_lightning as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from finexp import FinexpError, build
-from finexp.analysis import AnalysisOptions, Predictions, analyze
-from finexp.analysis.metrics import classification_summary
+from finexp import FinexpError
 from finexp.config import config_dir, validate_analysis
 from finexp.records import write_json
-from finexp.rules import score_with_rules
-from finexp.runs import TrainedRun
-from finexp.targets import instantiate
+
+if TYPE_CHECKING:  # the heavy stack loads inside the functions: finexp-eval --help answers without torch
+    import pytorch_lightning as pl
+
+    from finexp.runs import TrainedRun
 
 log = logging.getLogger("finexp")
 
@@ -81,6 +78,8 @@ def load_run(
     rebuild its module; the data is the run's own splits, or ``data_path`` as the test split. Files the module writes
     while it is tested (NER's entity_report.json) go to ``output_dir`` (finexp-eval's own directory), never into the
     training run; None keeps the saved config's, for callers that do not test."""
+    from finexp.runs import TrainedRun
+
     run = TrainedRun.open(ckpt_path)
     run.require("evaluate")
     datamodule = run.datamodule(data_path=data_path, batch_size=batch_size, output_dir=output_dir)
@@ -90,6 +89,15 @@ def load_run(
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Rebuild the model of a run, load the checkpoint's weights and test it. Returns the metrics."""
     validate_analysis(cfg.get("analysis"))
+    import pandas as pd
+    import torch
+
+    from finexp import build
+    from finexp.analysis import AnalysisOptions, Predictions, analyze
+    from finexp.analysis.metrics import classification_summary
+    from finexp.rules import score_with_rules
+    from finexp.targets import instantiate
+
     rules = build.rules_from(cfg)  # parsed before anything loads: a bad rule fails fast
     run = load_run(cfg.ckpt_path, cfg.data_path, cfg.batch_size, cfg.paths.output_dir)
     run.run.announce("finexp-eval")

@@ -19,10 +19,7 @@ import hydra
 from omegaconf import DictConfig
 
 from finexp import FinexpError
-from finexp.analysis import attributions as attr
-from finexp.analysis.pipeline import explanation_section
 from finexp.config import config_dir, validate_analysis
-from finexp.evaluate import load_run
 from finexp.records import write_json
 
 log = logging.getLogger("finexp")
@@ -31,6 +28,10 @@ log = logging.getLogger("finexp")
 def explain(cfg: DictConfig) -> dict[str, Any]:
     """Explain the first ``analysis.explain_examples`` test rows of a checkpoint. Returns what was written."""
     validate_analysis(cfg.analysis)
+    from finexp.analysis import attributions as attr  # the heavy stack: after the config checks
+    from finexp.analysis.pipeline import explanation_section
+    from finexp.evaluate import load_run
+
     run = load_run(cfg.ckpt_path, cfg.data_path, cfg.batch_size)
     dm = run.datamodule
     n = min(cfg.analysis.explain_examples, len(dm.texts["test"]))

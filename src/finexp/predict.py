@@ -20,22 +20,23 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import numpy as np
 import pandas as pd
-import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from finexp import FinexpError, build
+from finexp import FinexpError
 from finexp.config import config_dir, validate_serving
 from finexp.data.profile import require_columns
 from finexp.data.sources import DataError
-from finexp.inference import Ensemble, Predictor, load_predictor, trust_lines
 from finexp.records import write_json
 from finexp.rules import RuleError, RuleSet
+
+if TYPE_CHECKING:  # torch and the model stack load inside predict(): finexp-predict --help answers without them
+    from finexp.inference import Ensemble, Predictor
 
 log = logging.getLogger("finexp")
 
@@ -253,6 +254,11 @@ def predict_file(
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """The ``finexp-predict`` run: load the checkpoint(s) and the rules, score the file. Returns the summary."""
     validate_serving(cfg)
+    import torch
+
+    from finexp import build
+    from finexp.inference import load_predictor, trust_lines
+
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rules = build.rules_from(cfg)

@@ -25,28 +25,27 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from omegaconf import OmegaConf
-from peft import PeftModel
-from safetensors.torch import save_file
-from torch import nn
 
 from finexp import FinexpError
-from finexp.adapters.bottleneck import Adapted, BottleneckAdapter
-from finexp.adapters.peft_methods import PromptTunedEncoder
-from finexp.export.card import build_card, hub_preflight, push, write_card
-from finexp.export.layouts import Layout, save_tokenizer, write_adapter, write_head, write_sentence_transformers
 from finexp.export.options import ExportOptions
-from finexp.models.classifier import SequenceClassifier
-from finexp.runs import TrainedRun
+
+if TYPE_CHECKING:  # torch, peft and transformers load inside the functions: finexp-export --help answers without them
+    import torch
+    from torch import nn
+
+    from finexp.export.layouts import Layout
+    from finexp.models.classifier import SequenceClassifier
 
 SUMMARY_FILE = "export_summary.json"
 
 
 def load_classifier(ckpt: str | Path) -> tuple[SequenceClassifier, Any, list[str], str]:
     """A run's classifier with the checkpoint's weights: (model, tokenizer, labels, adapter) (see ``TrainedRun``)."""
+    from finexp.runs import TrainedRun
+
     run = TrainedRun.open(ckpt)
     run.require("export")
     model, tokenizer = run.classifier()
@@ -55,6 +54,8 @@ def load_classifier(ckpt: str | Path) -> tuple[SequenceClassifier, Any, list[str
 
 def _unwrap_bottleneck(encoder: nn.Module) -> dict[str, torch.Tensor]:
     """Put the original projections back in place (in ``encoder``) and return the adapters' weights by name."""
+    from finexp.adapters.bottleneck import Adapted
+
     weights = {}
     for name, module in list(encoder.named_modules()):
         if isinstance(module, Adapted):
@@ -84,6 +85,14 @@ def export(ckpt: str | Path, out_dir: str | Path, options: ExportOptions | None 
     """Write the checkpoint's model to ``out_dir`` as ``options`` say; returns the export summary (also written to
     ``export_summary.json``): ``layout``, ``loads_with``, ``trust_remote_code``, ``merged`` and, for ``format=onnx``,
     the measurements."""
+    from peft import PeftModel
+
+    from finexp.adapters.bottleneck import BottleneckAdapter
+    from finexp.adapters.peft_methods import PromptTunedEncoder
+    from finexp.export.card import build_card, hub_preflight, push, write_card
+    from finexp.export.layouts import write_adapter, write_sentence_transformers
+    from finexp.runs import TrainedRun
+
     options = options or ExportOptions()
     token = hub_preflight(options.push_to_hub) if options.push_to_hub else None  # before any work
     run = TrainedRun.open(ckpt)  # the saved config is read as data, on the schema: nothing in it is instantiated
@@ -156,6 +165,10 @@ def _write_bottleneck(
     encoder: nn.Module, head: nn.Linear, pooling: str, tokenizer: Any, labels: list[str], out: Path, cfg: Any
 ) -> Layout:
     """Bottleneck adapters have no standard form: the plain base, the adapters' weights and the head, apart."""
+    from safetensors.torch import save_file
+
+    from finexp.export.layouts import Layout, save_tokenizer, write_head
+
     weights = _unwrap_bottleneck(encoder)
     adapter_dir = out / "adapter"
     adapter_dir.mkdir(parents=True, exist_ok=True)

@@ -23,28 +23,33 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from finexp import FinexpError
-from finexp import stats as st
-from finexp.report.compare import (
-    DEFAULT_X,
-    FORMATS,
-    Options,
-    _frame,
-    _no_baseline,
-    _Predictions,
-    _sort,
-    adjust,
-    compare,
-    settings_of,
-    summarize,
-)
-from finexp.report.render import _html, _latex, _markdown, _plot
-from finexp.report.reproduce import reproduce_section
-from finexp.report.suite import _suite_latex, _suite_markdown, suite
-from finexp.runs_table import Run, find_runs
+
+if TYPE_CHECKING:  # pandas, scipy and torch load inside write_report: finexp-report --help answers without them
+    import pandas as pd
+
+    from finexp.report.compare import Options
+    from finexp.runs_table import Run
+
+# The defaults finexp-report's --help shows (the same as finexp.report.compare's; tests/test_cli_imports.py checks).
+DEFAULT_X = "params/trainable"
+FORMATS = ("markdown", "latex", "csv", "html")
+
+
+def __getattr__(name: str) -> Any:
+    """``Run``, ``find_runs``, ``summarize`` and ``Options``, imported on first use."""
+    if name in ("Run", "find_runs"):
+        from finexp import runs_table
+
+        return getattr(runs_table, name)
+    if name in ("summarize", "Options"):
+        from finexp.report import compare
+
+        return getattr(compare, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["Run", "find_runs", "main", "summarize", "write_report"]
 
@@ -71,6 +76,22 @@ def write_report(
     ``curve``: also a learning curve of the primary metric against ``x``, one line per ``by`` value with a ± std
     band (``curve.png``, ``curve.csv``, a table in ``report.md``; :mod:`finexp.learning_curve`).
     """
+    from finexp import stats as st
+    from finexp.report.compare import (
+        Options,
+        _frame,
+        _no_baseline,
+        _Predictions,
+        _sort,
+        adjust,
+        compare,
+        settings_of,
+    )
+    from finexp.report.render import _html, _latex, _markdown, _plot
+    from finexp.report.reproduce import reproduce_section
+    from finexp.report.suite import _suite_latex, _suite_markdown, suite
+    from finexp.runs_table import find_runs
+
     options = options or Options()
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
@@ -172,6 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     by = args.by or ("strategy" if args.suite else "adapter")
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    from finexp.report.compare import Options
+
     options = Options(args.baseline, args.alpha, args.resamples, args.seed)
     try:
         frame = write_report(
