@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
 import torch
+from omegaconf import open_dict
 
 from conftest import text_task
 from finexp import build
@@ -27,8 +29,11 @@ from finexp.train import train
 flwr = pytest.importorskip("flwr")  # the `federated` extra (pulled by `dev`)
 from flwr.app import ConfigRecord  # noqa: E402
 
+from finexp import FinexpError  # noqa: E402
 from finexp.federated.app import ordered, record_bytes  # noqa: E402
 from finexp.federated.client import ClientDP, ProximalTerm  # noqa: E402
+from finexp.federated.server import STATE_DIR  # noqa: E402
+from finexp.federated.setup import check_runtime  # noqa: E402
 
 FED = ["federated=fedavg", "federated.num_clients=3", "federated.rounds=2"]
 
@@ -102,9 +107,13 @@ def test_proximal_term_pulls_toward_the_global_model():
     torch.testing.assert_close(layer.weight.grad, 0.5 * layer.weight.detach())
 
 
-def _federation(make_cfg, sentiment_csv, *overrides):
+def _federation(make_cfg, sentiment_csv, *overrides, output_dir=None):
     cfg = make_cfg(*text_task(sentiment_csv), *FED, *overrides)
+    if output_dir is not None:  # a rerun into an earlier run's directory
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
     validate_config(cfg)
+    pl.seed_everything(cfg.seed)  # what finexp-train does: the same config builds the same initial model
     tokenizer = build.tokenizer_from(cfg)
     datamodule = build.datamodule_from(cfg, tokenizer)
     datamodule.prepare()
@@ -131,6 +140,80 @@ def test_fedavg_aggregate_is_the_row_weighted_mean_of_client_parameters(make_cfg
     for got, want in zip(ordered(aggregated, names), expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert record.clients == ["0", "1", "2"] and record.bytes_up == record.bytes_down > 0 and not record.failures
+
+
+def test_a_federation_stopped_after_round_one_continues_at_round_two_with_the_same_result(make_cfg, sentiment_csv):
+    # FedAdam: the resumed coordinator must also restore the server optimizer's moments, not only the global model
+    args = ("federated=fedadam", "federated.rounds=2", "optimizer.lr=3e-3", "federated.strategy.eta=0.05")
+    full = _federation(make_cfg, sentiment_csv, *args).run()
+
+    stopped = _federation(make_cfg, sentiment_csv, *args)
+    run_dir = stopped.state_dir.parent
+    fit_round = stopped.fit_round
+
+    def killed_in_round_two(server_round, arrays):
+        if server_round == 2:
+            raise KeyboardInterrupt  # the coordinator is stopped during round 2
+        return fit_round(server_round, arrays)
+
+    stopped.fit_round = killed_in_round_two
+    with pytest.raises(KeyboardInterrupt):
+        stopped.run()
+    assert json.loads((run_dir / STATE_DIR / "state.json").read_text())["round"] == 1
+
+    resumed = _federation(make_cfg, sentiment_csv, *args, output_dir=run_dir).run()
+    assert resumed.resumed_from == 1 and [r.round for r in resumed.rounds] == [0, 1, 2]
+    assert full.resumed_from is None and resumed.best_round == full.best_round
+    for got, want in zip(resumed.last, full.last, strict=True):
+        torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(want))
+    assert not np.allclose(full.last[-1], stopped.initial[-1])  # two rounds did move the model
+    for a, b in zip(resumed.rounds, full.rounds, strict=True):
+        assert a.metrics == pytest.approx(b.metrics, rel=1e-5)
+
+
+def test_a_node_crashing_mid_round_is_recorded_and_the_round_completes_with_the_others(make_cfg, sentiment_csv):
+    def crash_node_1(federation):
+        app = federation.grid.grid.app  # the ClientApp the in-process grid delivers to
+
+        def flaky(message, context):
+            if context.node_id == 2:  # partition "1"
+                raise RuntimeError("node 1 lost its disk")
+            return app(message, context)
+
+        federation.grid.grid.app = flaky
+        return federation
+
+    strict = crash_node_1(_federation(make_cfg, sentiment_csv, "federated.rounds=1"))
+    with pytest.raises(FinexpError, match=r"node 1 failed: RuntimeError: node 1 lost its disk.*accept_failures"):
+        strict.run()
+
+    tolerant = crash_node_1(
+        _federation(make_cfg, sentiment_csv, "federated.rounds=1", "federated.accept_failures=true")
+    )
+    result = tolerant.run()
+    (round_one,) = [r for r in result.rounds if r.round == 1]
+    assert round_one.clients == ["0", "2"]
+    assert round_one.failures == [{"node": "1", "reason": "RuntimeError: node 1 lost its disk"}]
+    assert result.report()["federated/failures"] == 1
+    answers = [
+        (r.content["metrics"]["num-examples"], ordered(r.content["arrays"], result.names))
+        for r in tolerant.last_replies
+    ]
+    total = sum(n for n, _ in answers)
+    for i, got in enumerate(result.last):  # the two answers, averaged by their rows: nothing of theirs was lost
+        np.testing.assert_allclose(got, sum(n * a[i] for n, a in answers) / total, rtol=1e-5, atol=1e-6)
+
+
+def test_legacy_strategies_and_unknown_runtimes_are_refused(make_cfg, sentiment_csv):
+    legacy = ("federated.strategy._target_=flwr.server.strategy.FedAvg", "~federated.strategy.fraction_train")
+    with pytest.raises(
+        FinexpError, match=r"_target_=flwr.server.strategy.fedavg.FedAvg is not a Flower Message-API strategy"
+    ):
+        _federation(make_cfg, sentiment_csv, *legacy)
+    with pytest.raises(FinexpError, match=r"federated.runtime='grid'.*inprocess, simulation, deployment"):
+        check_runtime(make_cfg("federated=fedavg", "federated.runtime=grid").federated)
+    with pytest.raises(FinexpError, match=r"federated.superlink=host:port"):
+        check_runtime(make_cfg("federated=fedavg", "federated.runtime=deployment").federated)
 
 
 def test_lora_clients_exchange_far_fewer_bytes_than_full(make_cfg, sentiment_csv):

@@ -387,7 +387,7 @@ class FederatedDPConfig:
 
 @dataclass
 class FederatedConfig:
-    """``federated=fedavg|fedprox|...``: institutions fine-tune one model on Flower's Message API (finexp.federated)."""
+    """``federated=fedavg|...``: institutions fine-tune one model on Flower's Message API (finexp.federated)."""
 
     num_clients: int = 5
     rounds: int = 3

@@ -238,6 +238,13 @@ class Federation:
         self.config = config
         self.resume = resume
         self.runtime = runtime
+        target = getattr(strategy, "func", strategy)  # a functools.partial from `_partial_: true`, or the class
+        if isinstance(target, type) and not issubclass(target, Strategy):
+            raise FinexpError(
+                f"federated.strategy._target_={target.__module__}.{target.__qualname__} is not a Flower Message-API "
+                "strategy; use one of flwr.serverapp.strategy (FedAvg, FedProx, FedAdam, FedYogi, Krum, Bulyan, "
+                "...): the legacy flwr.server.strategy classes are not supported"
+            )
         built = strategy(
             min_train_nodes=min_train_nodes,
             min_available_nodes=num_nodes,
@@ -246,9 +253,7 @@ class Federation:
         )
         if not isinstance(built, Strategy):
             raise FinexpError(
-                f"federated.strategy built a {type(built).__module__}.{type(built).__qualname__}, not a Flower "
-                "Message-API strategy; use one of flwr.serverapp.strategy (FedAvg, FedProx, FedAdam, FedYogi, Krum, "
-                "Bulyan, ...): the legacy flwr.server.strategy classes are not supported"
+                f"federated.strategy built a {type(built).__qualname__}, not a flwr.serverapp.strategy.Strategy"
             )
         self.strategy = built
         self.grid = MeteredGrid(grid) if grid is not None else None
