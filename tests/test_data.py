@@ -11,7 +11,7 @@ import torch
 
 from conftest import applicants_frame, sentiment_frame
 from finexp.config import package_path
-from finexp.data.batching import LengthGroupedSampler, PadCollator, TokenizedDataset, tokenize_cached
+from finexp.data.batching import Batching, LengthGroupedSampler, PadCollator, TokenizedDataset, tokenize_cached
 from finexp.data.datamodule import ClassificationDataModule, Columns, DataSource, SplitPolicy
 from finexp.data.serialize import RowSerializer, format_value
 from finexp.data.sources import DataError, read_table
@@ -24,7 +24,7 @@ def tokenizer():
 
 
 def make_dm(tokenizer, source: DataSource, columns: Columns, **kwargs) -> ClassificationDataModule:
-    return ClassificationDataModule(tokenizer, source, columns, batch_size=8, **kwargs)
+    return ClassificationDataModule(tokenizer, source, columns, batching=Batching(batch_size=8), **kwargs)
 
 
 def headline_columns() -> Columns:
@@ -213,7 +213,7 @@ def test_builtin_credit_data_and_max_rows(tokenizer):
 def test_tokenization_is_cached(tmp_path, tokenizer):
     texts = ["profit beats forecast", "loss widens"]
     first = tokenize_cached(tokenizer, texts, 16, tmp_path)
-    assert len(list(tmp_path.glob("tokens-*.pt"))) == 1
+    assert len(list(tmp_path.glob("tokens-*.ids.npy"))) == len(list(tmp_path.glob("tokens-*.offsets.npy"))) == 1
 
     class Refuses:  # same identity as the real tokenizer, but calling it would fail the test
         name_or_path = tokenizer.name_or_path
@@ -270,7 +270,7 @@ def test_train_batches_have_little_padding(tokenizer):
         split=SplitPolicy(max_rows=2000),
     )
     dm.prepare()
-    dm.batch_size = 32
+    dm.batching = Batching(batch_size=32)
     real = total = 0
     for batch in dm.train_dataloader():
         real += int(batch["attention_mask"].sum())

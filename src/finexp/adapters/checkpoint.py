@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 from torch import nn
 
 from finexp import FinexpError
+from finexp.strategies import is_sharded
 
 KEY = "finexp_frozen"  # checkpoint entry listing the state-dict keys that were left out (frozen weights)
 
@@ -52,15 +53,18 @@ class TrainableOnlyCheckpoint(pl.Callback):
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
 
-    def _active(self, pl_module: pl.LightningModule) -> bool:
-        return self.enabled and rebuildable(pl_module) and bool(frozen_keys(pl_module))
+    def _active(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        # FSDP / DeepSpeed gather one full state dict on rank 0; which of its keys were frozen is not visible from a
+        # wrapped module's names on every rank, so sharded runs keep full checkpoints (what finexp-eval reads).
+        sharded = is_sharded(trainer.strategy)
+        return self.enabled and not sharded and rebuildable(pl_module) and bool(frozen_keys(pl_module))
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self._active(pl_module):
+        if self._active(trainer, pl_module):
             pl_module.strict_loading = False  # verified in on_load_checkpoint
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
-        if not self._active(pl_module):
+        if not self._active(trainer, pl_module):
             return
         frozen = frozen_keys(pl_module)
         if frozen:

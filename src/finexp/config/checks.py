@@ -95,6 +95,7 @@ def validate_config(cfg: DictConfig) -> None:
     _require(data.max_length >= 8, "data.max_length", data.max_length, "must be >= 8 tokens")
     _require(data.max_rows is None or data.max_rows >= 10, "data.max_rows", data.max_rows, "must be >= 10 or null")
     _validate_sampling(cfg)
+    _validate_packing(cfg)
     _require(0 <= cfg.model.dropout < 1, "model.dropout", cfg.model.dropout, "must be in [0, 1)")
     _require(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
     validate_analysis(cfg.get("analysis"))
@@ -134,6 +135,32 @@ def validate_config(cfg: DictConfig) -> None:
     check_compatibility(cfg)  # what the problem type supports (finexp.problems), then its own settings
 
 
+def _validate_packing(cfg: DictConfig) -> None:
+    """``data.packing``: rows share a training sequence, so the row must be what the model reads on its own."""
+    if not cfg.data.packing:
+        return
+    conflicts = [
+        (
+            cfg.task.problem != "generation",
+            f"task.problem={cfg.task.problem}",
+            "packing is for instruction tuning (task.problem=generation)",
+        ),
+        (
+            cfg.privacy.name == "dp_sgd",
+            "privacy=dp_sgd",
+            "DP-SGD bounds each row's gradient, a packed sequence mixes rows",
+        ),
+        (
+            cfg.adapter.name in ("prompt_tuning", "prefix_tuning"),
+            f"adapter={cfg.adapter.name}",
+            "its virtual tokens open each sequence, not each packed row",
+        ),
+    ]
+    for conflict, setting, why in conflicts:
+        if conflict:
+            raise ConfigError(f"data.packing=true cannot be combined with {setting}: {why}; set data.packing=false")
+
+
 # Lightning strategies that need a package beside Lightning: checked before the trainer is built, so a missing
 # package stops the run with one line instead of a traceback after the data and the model have loaded.
 STRATEGY_PACKAGES = {"deepspeed": "deepspeed"}
@@ -148,6 +175,12 @@ def _validate_strategy(trainer: DictConfig) -> None:
                 f"trainer.strategy={name} needs the '{package}' package, which is not installed: "
                 f"pip install {package} (or choose trainer=ddp / trainer=fsdp)"
             )
+    sharded = any(marker in name.lower() for marker in ("fsdp", "deepspeed"))
+    if sharded and str(trainer.get("accelerator", "auto")) == "cpu":  # Lightning's kwargs: absent = its default
+        raise ConfigError(
+            f"trainer.strategy={name} shards the model across GPUs and does not run on CPU "
+            "(trainer.accelerator=cpu); on CPU use trainer=ddp_cpu"
+        )
     num_nodes = trainer.get("num_nodes", 1)  # trainer is Lightning's kwargs (untyped): absent = its default
     _require(num_nodes >= 1, "trainer.num_nodes", num_nodes, "must be >= 1")
 

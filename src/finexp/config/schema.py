@@ -115,6 +115,13 @@ class DataConfig:
     train_path: str | None = None  # or given splits (a missing val split is carved from train)
     val_path: str | None = None
     test_path: str | None = None
+    # A Hugging Face `datasets` source (pip install finexp[hf]): a directory written by save_to_disk (or of data
+    # files), or a hub name (read once online; offline, save_to_disk it and give the directory)
+    hf_dataset: str | None = None
+    hf_config: str | None = None  # the dataset's configuration (subset) name
+    hf_split: str | None = None  # one split, which finexp splits; null: the dataset's train/validation/test splits
+    hf_revision: str | None = None  # hub branch, tag or commit
+    hf_columns: dict[str, str] = field(default_factory=dict)  # renames {dataset column: column the task names}
     val_size: float = 0.1
     test_size: float = 0.2
     split_seed: int = 42  # fixed apart from `seed`, so seeds vary training, not the split
@@ -125,8 +132,10 @@ class DataConfig:
     batch_size: int = 32
     eval_batch_size: int = 64
     group_by_length: bool = True  # batch rows of similar length together (less padding)
-    num_workers: int = 0
-    cache_dir: str | None = "${paths.cache_dir}"  # tokenized splits are cached here; null disables
+    num_workers: Any = "auto"  # DataLoader workers per process; auto: 0 on CPU, up to 4 with CUDA
+    pin_memory: Any = "auto"  # page-locked batches (faster copies to the GPU); auto: on with CUDA
+    tokenize_workers: int = 1  # processes that tokenize; more pay from ~100k rows (fast tokenizers also use threads)
+    cache_dir: str | None = "${paths.cache_dir}"  # tokenized splits are cached here (memory-mapped); null disables
     cv: CrossValidationConfig = field(default_factory=CrossValidationConfig)
     # Few-shot / reduced-data runs (finexp.data.few_shot), applied after the split (test untouched); at most one:
     k_shot: int | None = None  # K train rows per class, val capped at K per class; null: all rows

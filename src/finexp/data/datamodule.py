@@ -12,12 +12,13 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from finexp.data.augment import Augmenter
-from finexp.data.batching import PadCollator, SplitLoaders, TokenizedDataset, tokenize_cached
+from finexp.data.batching import Batching, PadCollator, SplitLoaders, TokenizedDataset
 from finexp.data.few_shot import SamplingPolicy, apply_sampling
 from finexp.data.folds import cross_validation_fold
 from finexp.data.serialize import RowSerializer, column_kinds
 from finexp.data.sources import DataError, read_rdataset, read_table, require_columns
 from finexp.data.splits import Splits, fingerprint, stratified_split, time_ordered_split
+from finexp.data.tokens import tokenize
 
 log = logging.getLogger("finexp")
 
@@ -70,11 +71,9 @@ class ClassificationDataModule(SplitLoaders):
         split: how to split a single source, and the seed of the split.
         positive_label: for binary tasks, the class scored as positive (put at index 1).
         max_length: truncation length in tokens.
-        batch_size: training batch size; ``eval_batch_size`` for val/test.
-        group_by_length: batch rows of similar length together during training.
-        num_workers: DataLoader workers.
-        cache_dir: where tokenized splits are cached (None: no cache).
-        seed: seed of the training order.
+        batching: batch sizes, length grouping, the training order's seed, loader workers (:class:`Batching`).
+        cache_dir: where tokenized splits are cached, memory-mapped (None: no cache).
+        tokenize_workers: processes that tokenize (``data.tokenize_workers``; 1: this one).
         label_names: a fixed label order (a trained model's); a source with only ``test_path`` needs it.
         preprocess: privacy hook applied to every split's rows before serialization and tokenization (PII masking).
         train_label_transform: privacy hook ``(label ids, texts, num_labels) -> label ids`` applied to the train
@@ -98,12 +97,9 @@ class ClassificationDataModule(SplitLoaders):
         split: SplitPolicy | None = None,
         positive_label: str | None = None,
         max_length: int = 128,
-        batch_size: int = 32,
-        eval_batch_size: int = 64,
-        group_by_length: bool = True,
-        num_workers: int = 0,
+        batching: Batching | None = None,
         cache_dir: str | Path | None = None,
-        seed: int = 0,
+        tokenize_workers: int = 1,
         label_names: Sequence[str] | None = None,
         preprocess: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
         train_label_transform: Callable[[list[int], list[str], int], list[int]] | None = None,
@@ -119,12 +115,9 @@ class ClassificationDataModule(SplitLoaders):
         self.split = split or SplitPolicy()
         self.positive_label = positive_label
         self.max_length = max_length
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.group_by_length = group_by_length
-        self.num_workers = num_workers
+        self.batching = batching or Batching()
         self.cache_dir = cache_dir
-        self.seed = seed
+        self.tokenize_workers = tokenize_workers
         self.preprocess = preprocess
         self.train_label_transform = train_label_transform
         self.train_batch_sampler = train_batch_sampler
@@ -313,9 +306,8 @@ class ClassificationDataModule(SplitLoaders):
             self.fingerprints[name] = fingerprint(texts, labels)
             if name == "train" and self.train_label_transform is not None:
                 labels = self.train_label_transform(labels, texts, len(self.label_names))
-            ids = tokenize_cached(
-                self.tokenizer, clip_long_texts(texts, self.max_length, name), self.max_length, self.cache_dir
-            )
+            clipped = clip_long_texts(texts, self.max_length, name)
+            ids = tokenize(self.tokenizer, clipped, self.max_length, self.cache_dir, self.tokenize_workers)
             self.datasets[name] = TokenizedDataset(ids, labels, self._numeric(frame, name))
         self.splits = splits
 
@@ -363,13 +355,7 @@ class ClassificationDataModule(SplitLoaders):
         if not (train and self.train_batch_sampler is not None):
             return super()._loader(name, batch_size, train)
         dataset = self.datasets[name]  # DP-SGD: batches of the privacy plan's sampler (Poisson sampling)
-        return DataLoader(
-            dataset,
-            batch_sampler=self.train_batch_sampler(len(dataset), batch_size, self.seed),
-            collate_fn=self.collate(name),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return self._batched(name, dataset, self.train_batch_sampler(len(dataset), batch_size, self.batching.seed))
 
 
 CHARS_PER_TOKEN_BOUND = 100  # no tokenizer finexp knows keeps fewer tokens than one per 100 characters of text

@@ -15,7 +15,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
-from finexp.data.batching import SplitLoaders
+from finexp.data.batching import Batching, SplitLoaders
 from finexp.data.datamodule import ClassificationDataModule, DataSource
 from finexp.data.ner import IGNORE, TokenPadCollator
 from finexp.data.sources import DataError, read_table, require_columns
@@ -100,10 +100,7 @@ class GenerationDataModule(SplitLoaders):
         test_size: share of rows for test when finexp splits.
         split_seed: seed of that split.
         max_length: tokens per row, prompt and answer together.
-        batch_size: training batch size; ``eval_batch_size`` for val/test.
-        group_by_length: batch rows of similar length together during training.
-        num_workers: DataLoader workers.
-        seed: seed of the training order.
+        batching: batch sizes, length grouping, the training order's seed, loader workers.
     """
 
     def __init__(
@@ -116,11 +113,7 @@ class GenerationDataModule(SplitLoaders):
         test_size: float = 0.2,
         split_seed: int = 42,
         max_length: int = 256,
-        batch_size: int = 16,
-        eval_batch_size: int = 32,
-        group_by_length: bool = True,
-        num_workers: int = 0,
-        seed: int = 0,
+        batching: Batching | None = None,
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
@@ -128,10 +121,7 @@ class GenerationDataModule(SplitLoaders):
         self.prompt_column, self.response_column = prompt_column, response_column
         self.val_size, self.test_size, self.split_seed = val_size, test_size, split_seed
         self.max_length = max_length
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.group_by_length = group_by_length
-        self.num_workers = num_workers
-        self.seed = seed
+        self.batching = batching or Batching()
         self.bos, self.eos = special_ids(tokenizer)
         self.label_names: list[str] = []  # no classes: the "labels" are the responses
         self.frames: dict[str, pd.DataFrame] = {}

@@ -18,7 +18,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
-from finexp.data.batching import SplitLoaders
+from finexp.data.batching import Batching, SplitLoaders
 from finexp.data.datamodule import DataSource
 from finexp.data.sources import DataError
 from finexp.data.splits import fingerprint
@@ -190,10 +190,7 @@ class TokenClassificationDataModule(SplitLoaders):
         split_seed: seed of that split.
         max_length: sub-tokens per sentence; words cut off are neither trained on nor scored (counted in
             ``truncated_words``).
-        batch_size: training batch size; ``eval_batch_size`` for val/test.
-        group_by_length: batch sentences of similar length together during training.
-        num_workers: DataLoader workers.
-        seed: seed of the training order.
+        batching: batch sizes, length grouping, the training order's seed, loader workers.
         label_names: a fixed tag order (a trained model's).
     """
 
@@ -206,11 +203,7 @@ class TokenClassificationDataModule(SplitLoaders):
         test_size: float = 0.2,
         split_seed: int = 42,
         max_length: int = 128,
-        batch_size: int = 32,
-        eval_batch_size: int = 64,
-        group_by_length: bool = True,
-        num_workers: int = 0,
-        seed: int = 0,
+        batching: Batching | None = None,
         label_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
@@ -221,10 +214,7 @@ class TokenClassificationDataModule(SplitLoaders):
         self.scheme = scheme
         self.val_size, self.test_size, self.split_seed = val_size, test_size, split_seed
         self.max_length = max_length
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.group_by_length = group_by_length
-        self.num_workers = num_workers
-        self.seed = seed
+        self.batching = batching or Batching()
         self.label_names: list[str] = list(label_names or [])
         self.sentences: dict[str, list[Sentence]] = {}
         self.datasets: dict[str, TokenDataset] = {}

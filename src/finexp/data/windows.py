@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from finexp.data.batching import PadCollator, SplitLoaders, TokenizedDataset
+from finexp.data.batching import Batching, PadCollator, SplitLoaders, TokenizedDataset
 from finexp.data.datamodule import ClassificationDataModule
 from finexp.data.sources import DataError
 
@@ -85,10 +85,7 @@ class LongDocumentDataModule(SplitLoaders):
         size: tokens per window, special tokens included.
         stride: tokens between the starts of consecutive windows.
         max_windows: keep a document's first ``max_windows`` windows only (None: all).
-        batch_size: training batch size (windows); ``eval_batch_size`` for val/test.
-        group_by_length: batch windows of similar length together during training.
-        num_workers: DataLoader workers.
-        seed: seed of the training order.
+        batching: batch sizes, length grouping, the training order's seed, loader workers.
     """
 
     def __init__(
@@ -97,20 +94,13 @@ class LongDocumentDataModule(SplitLoaders):
         size: int = 256,
         stride: int = 192,
         max_windows: int | None = None,
-        batch_size: int = 32,
-        eval_batch_size: int = 64,
-        group_by_length: bool = True,
-        num_workers: int = 0,
-        seed: int = 0,
+        batching: Batching | None = None,
     ) -> None:
         super().__init__()
         self.documents = documents
         self.tokenizer = documents.tokenizer
         self.size, self.stride, self.max_windows = size, stride, max_windows
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
-        self.group_by_length = group_by_length
-        self.num_workers = num_workers
-        self.seed = seed
+        self.batching = batching or Batching()
         self.datasets: dict[str, WindowDataset] = {}
 
     def prepare(self) -> None:

@@ -71,8 +71,16 @@ class CausalLM(torch.nn.Module):
         self.head = lm.get_output_embeddings()
         self.max_positions = _max_positions(lm.config)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits of every position. With ``position_ids`` (packed rows, :mod:`finexp.data.packing`) the 2-D mask
+        is left out: transformers reads the position restarts as row boundaries and masks attention across them (only
+        without a key/value cache, hence ``use_cache=False``)."""
+        if position_ids is not None:
+            hidden = self.encoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        else:
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self.head(hidden)
 
 

@@ -18,6 +18,7 @@ from finexp import FinexpError
 from finexp.problems.capabilities import METHODS, MODEL_KINDS, PRIVACY, Capabilities
 from finexp.problems.common import (
     augmenter_from,
+    batching_from,
     class_weights,
     data_source,
     encoder,
@@ -87,12 +88,9 @@ def datamodule(
         ),
         positive_label=task.positive_label,
         max_length=data.max_length,
-        batch_size=data.batch_size,
-        eval_batch_size=data.eval_batch_size,
-        group_by_length=data.group_by_length,
-        num_workers=data.num_workers,
+        batching=batching_from(cfg),
         cache_dir=data.cache_dir,
-        seed=cfg.seed,
+        tokenize_workers=data.get("tokenize_workers", 1),
         label_names=label_names,
         preprocess=masking,
         train_label_transform=privacy.labels if privacy is not None else None,

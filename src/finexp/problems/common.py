@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from finexp.data.augment import Augmenter
+    from finexp.data.batching import Batching
     from finexp.data.datamodule import DataSource
     from finexp.data.few_shot import SamplingPolicy
     from finexp.models.backbone import LoadOptions
@@ -46,12 +47,27 @@ def splits_and_batches(cfg: DictConfig) -> dict[str, Any]:
         "test_size": data.test_size,
         "split_seed": data.split_seed,
         "max_length": data.max_length,
-        "batch_size": data.batch_size,
-        "eval_batch_size": data.eval_batch_size,
-        "group_by_length": data.group_by_length,
-        "num_workers": data.num_workers,
-        "seed": cfg.seed,
+        "batching": batching_from(cfg),
     }
+
+
+def batching_from(cfg: DictConfig) -> Batching:
+    """``data.batch_size/eval_batch_size/group_by_length/num_workers/pin_memory`` and ``seed``, with ``auto``
+    workers and pinned memory resolved for ``trainer.accelerator`` (CUDA: on; CPU: off)."""
+    from finexp.data.batching import build_batching
+
+    data, trainer = cfg.data, cfg.trainer
+    devices = trainer.get("devices", 1)
+    return build_batching(
+        data.batch_size,
+        data.eval_batch_size,
+        data.group_by_length,
+        cfg.seed,
+        num_workers=data.get("num_workers", "auto"),
+        pin_memory=data.get("pin_memory", "auto"),
+        accelerator=str(trainer.get("accelerator", "auto")),
+        processes_per_node=devices if isinstance(devices, int) and devices > 0 else 1,
+    )
 
 
 # The dtype each Lightning precision trains in: ``model.dtype=auto`` loads the weights in it. Mixed precision keeps

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from finexp import FinexpError
 from finexp.problems import classification
 from finexp.problems.capabilities import Capabilities, require
-from finexp.problems.common import class_weights, optimization
+from finexp.problems.common import batching_from, class_weights, optimization
 from finexp.problems.registry import Problem, register
 
 if TYPE_CHECKING:
@@ -34,17 +34,13 @@ def datamodule(
 
     documents = classification.datamodule(cfg, tokenizer, source, label_names, privacy=None)
     documents.max_length = NO_TRUNCATION  # windows, not truncation, bound what the model sees
-    window, data = cfg.task.window, cfg.data
+    window = cfg.task.window
     return LongDocumentDataModule(
         documents,
         size=window.size,
         stride=window.stride,
         max_windows=window.max_windows,
-        batch_size=data.batch_size,
-        eval_batch_size=data.eval_batch_size,
-        group_by_length=data.group_by_length,
-        num_workers=data.num_workers,
-        seed=cfg.seed,
+        batching=batching_from(cfg),
     )
 
 
