@@ -19,7 +19,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("finexp")
@@ -38,7 +38,6 @@ class _Pending:
     rows: Rows
     future: asyncio.Future
     queued: float  # loop.time() when it joined the queue
-    taken: float = field(default=0.0)
 
 
 class MicroBatcher:
@@ -122,7 +121,7 @@ class MicroBatcher:
                 pending.future.cancel()
 
     # -- the worker ------------------------------------------------------------------------------------------
-    def _fill(self, batch: list[_Pending], size: int, now: float) -> tuple[int, bool]:
+    def _fill(self, batch: list[_Pending], size: int) -> tuple[int, bool]:
         """Move waiting requests into ``batch`` while they fit; returns the rows and whether the batch is closed
         (full, or the next request does not fit)."""
         while self.queue:
@@ -133,7 +132,6 @@ class MicroBatcher:
             if batch and size + len(head.rows) > self.max_batch_size:
                 return size, True
             self.queue.popleft()
-            head.taken = now
             batch.append(head)
             size += len(head.rows)
             if size >= self.max_batch_size:
@@ -145,24 +143,25 @@ class MicroBatcher:
         assert self._wakeup is not None
         while True:
             batch: list[_Pending] = []
-            size, closed = self._fill(batch, 0, loop.time())
+            size, closed = self._fill(batch, 0)
             while not batch:
                 if self.closing:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
-                size, closed = self._fill(batch, 0, loop.time())
+                size, closed = self._fill(batch, 0)
             close_at = batch[0].queued + self.max_wait_s
             while not closed and not self.closing and (remaining := close_at - loop.time()) > 0:
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), remaining)
-                size, closed = self._fill(batch, size, loop.time())
+                size, closed = self._fill(batch, size)
             await self._score(batch, size)
 
     async def _score(self, batch: list[_Pending], size: int) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
+        waits = [started - pending.queued for pending in batch]
         rows = [row for pending in batch for row in pending.rows]
         try:
             answers = await asyncio.to_thread(self.scorer, rows)
@@ -186,7 +185,7 @@ class MicroBatcher:
                 self._settle(pending, answers[start : start + len(pending.rows)])
                 start += len(pending.rows)
         if self.observe is not None:
-            self.observe(size, len(batch), [p.taken - p.queued for p in batch], loop.time() - started)
+            self.observe(size, len(batch), waits, loop.time() - started)
 
     @staticmethod
     def _settle(pending: _Pending, answers: Rows | None = None, error: BaseException | None = None) -> None:
