@@ -7,6 +7,7 @@ problem type supports is checked by :func:`finexp.problems.compat.check_compatib
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -132,6 +133,7 @@ def validate_config(cfg: DictConfig) -> None:
     _validate_distill(cfg)
     _validate_federated(cfg)
     _validate_fusion(cfg)
+    _validate_tables(cfg)
     check_compatibility(cfg)  # what the problem type supports (finexp.problems), then its own settings
 
 
@@ -323,7 +325,7 @@ def _validate_fusion(cfg: DictConfig) -> None:
     fusion = cfg.model.fusion
     if fusion is None:
         return
-    if not cfg.task.numeric_columns:
+    if not cfg.task.numeric_columns and not cfg.task.hybrid.gbm_score:
         raise ConfigError("model.fusion=concat needs task.numeric_columns=[...] (the numeric columns to fuse)")
     _require(cfg.privacy.name != "dp_sgd", "model.fusion", fusion, "not with privacy=dp_sgd (text-only probe)")
     explain = cfg.analysis.explain
@@ -331,6 +333,38 @@ def _validate_fusion(cfg: DictConfig) -> None:
     method, teacher = cfg.method.name, cfg.distill.teacher
     _require(method == "finetune", "method.name", method, "must be finetune with model.fusion")
     _require(not teacher, "distill.teacher", teacher, "must be null with model.fusion (text-only students)")
+
+
+def _validate_tables(cfg: DictConfig) -> None:
+    """``task.serialization``'s codebook (value maps, number formats) and ``task.hybrid`` (stacked boosting score);
+    whether a mapped column exists is checked when the data is read (finexp.data.serialize.RowSerializer)."""
+    from finexp.data.serialize import UNKNOWN_POLICIES, format_problem
+
+    serialization, hybrid = cfg.task.serialization, cfg.task.hybrid
+    policy = serialization.unknown_values
+    allowed = f"choose one of {', '.join(UNKNOWN_POLICIES)}"
+    _require(policy in UNKNOWN_POLICIES, "task.serialization.unknown_values", policy, allowed)
+    for column, codes in serialization.value_map.items():
+        if not OmegaConf.is_dict(codes):
+            raise ConfigError(f"task.serialization.value_map.{column} must map codes to phrases ({{A11: 'below 0'}})")
+    for column, rule in serialization.formats.items():
+        problem = format_problem(OmegaConf.to_container(rule)) if OmegaConf.is_dict(rule) else "must be a mapping"
+        if problem:
+            raise ConfigError(f"task.serialization.formats.{column}: {problem}")
+    if not hybrid.gbm_score:
+        return
+    _require(hybrid.folds >= 2, "task.hybrid.folds", hybrid.folds, "must be >= 2 (cross-fitting folds)")
+    fusion, text = cfg.model.fusion, cfg.task.text_column
+    _require(fusion is not None, "model.fusion", fusion, "must be concat with task.hybrid.gbm_score (fuses the score)")
+    _require(text is None, "task.text_column", text, "must be null with task.hybrid.gbm_score (table tasks)")
+    _require(cfg.task.problem == "classification", "task.problem", cfg.task.problem, "classification with a hybrid")
+    copies = cfg.data.augment.copies
+    _require(copies == 0, "data.augment.copies", copies, "must be 0 with task.hybrid (copies would leak across folds)")
+    from finexp.baselines import GradientBoosting  # the boosting's arguments, named as model=gbm names them
+
+    known = set(inspect.signature(GradientBoosting).parameters)
+    for key in hybrid.gbm:
+        _require(key in known, f"task.hybrid.gbm.{key}", hybrid.gbm[key], f"not an argument ({', '.join(known)})")
 
 
 def _validate_federated(cfg: DictConfig) -> None:

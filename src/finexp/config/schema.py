@@ -28,6 +28,28 @@ class SerializationConfig:
     separator: str = ". "
     missing: str = "unknown"  # what a missing value reads as
     float_digits: int = 2  # decimals kept for non-integral numbers
+    # a codebook: column -> {code: phrase}, e.g. {checking_status: {A14: no checking account}} (finexp.data.serialize)
+    value_map: dict[str, dict[Any, str]] = field(default_factory=dict)
+    unknown_values: str = "keep"  # a code its column's map lacks: keep (raw value) | missing | error; counted always
+    # column -> how its numbers read: {decimals: 0, thousands: ",", prefix: "$", suffix: " %"} or words by bin
+    # {bins: [1000, 5000], labels: [low, medium, high]} (finexp.data.serialize.NumberFormat; checked by validate_config)
+    formats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class HybridConfig:
+    """Table tasks: stack gradient boosting under the encoder (finexp.baselines.stacking; needs model.fusion=concat).
+
+    Boosting's score of each row on the raw columns becomes one more numeric input of the fusion head: out of fold on
+    train (``folds``-fold cross-fitting, so the head never sees an in-sample score), by the model fitted on all of
+    train on val and test. Binary tasks.
+    """
+
+    gbm_score: bool = False  # true: fuse boosting's log-odds of the positive class with the text
+    folds: int = 5  # cross-fitting folds: more, each fold's model closer to the full one, k+1 boosting fits
+    column: str = "gbm_score"  # the added column (never serialized into the text)
+    seed: int = II("seed")  # folds and boosting's internal split
+    gbm: dict[str, Any] = field(default_factory=dict)  # finexp.baselines.GradientBoosting arguments (model=gbm's)
 
 
 @dataclass
@@ -67,6 +89,7 @@ class TaskConfig:
     exclude_columns: list[str] = field(default_factory=list)
     sensitive_column: str | None = None  # kept out of the text, kept in the splits for fairness analysis
     serialization: SerializationConfig = field(default_factory=SerializationConfig)
+    hybrid: HybridConfig = field(default_factory=HybridConfig)  # stacked gradient boosting score (tables)
     class_weights: str | None = None  # null or "balanced" (inverse class frequency in the train split)
     monitor: str = "auto"  # metric for checkpointing/early stopping; auto: val/auroc (binary), val/f1_macro
     scheme: str = "IOB2"  # token_classification: the files' tagging scheme, IOB2 or IOB1 (converted to IOB2)

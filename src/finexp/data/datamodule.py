@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -15,7 +16,7 @@ from finexp.data.augment import Augmenter
 from finexp.data.batching import Batching, PadCollator, SplitLoaders, TokenizedDataset
 from finexp.data.few_shot import SamplingPolicy, apply_sampling
 from finexp.data.folds import cross_validation_fold
-from finexp.data.serialize import RowSerializer, column_kinds
+from finexp.data.serialize import RowSerializer, codebook_record, column_kinds
 from finexp.data.sources import DataError, read_rdataset, read_table, require_columns
 from finexp.data.splits import Splits, fingerprint, stratified_split, time_ordered_split
 from finexp.data.tokens import tokenize
@@ -87,6 +88,9 @@ class ClassificationDataModule(SplitLoaders):
         numeric_columns: table columns also served as raw numbers (``batch["features"]``, NaN where missing) for a
             model that fuses them with the text (``model.fusion``); :meth:`numeric_statistics` gives their train
             mean and standard deviation.
+        stacking: adds columns computed from the splits (``task.hybrid``: gradient boosting's cross-fitted score,
+            :class:`finexp.baselines.stacking.GbmScore`) after the split and masking; its ``columns`` are never
+            serialized and need not be in the file. What it did is in ``run_records["hybrid"]``.
     """
 
     def __init__(
@@ -107,6 +111,7 @@ class ClassificationDataModule(SplitLoaders):
         sampling: SamplingPolicy | None = None,
         augment: Augmenter | None = None,
         numeric_columns: Sequence[str] | None = None,
+        stacking: Any = None,
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
@@ -125,6 +130,8 @@ class ClassificationDataModule(SplitLoaders):
         self.augment = augment
         self.augment_record: dict[str, object] | None = None
         self.numeric_columns = list(numeric_columns or [])
+        self.stacking = stacking
+        self.run_records: dict[str, Any] = {}  # what run_info.json adds (finexp.run_records.RunRecords)
         self.sampling_record: dict[str, object] | None = None  # rows kept per class by `sampling` (run_info.json)
         self.splits: Splits | None = None
         self.texts: dict[str, list[str]] = {}
@@ -147,7 +154,8 @@ class ClassificationDataModule(SplitLoaders):
         wanted |= {f"task.feature_columns[{i}]": c for i, c in enumerate(cols.features or [])}
         wanted |= {f"task.exclude_columns[{i}]": c for i, c in enumerate(cols.exclude)}
         wanted |= {"task.sensitive_column": cols.sensitive, "data.time_column": self.split.time_column}
-        wanted |= {f"task.numeric_columns[{i}]": c for i, c in enumerate(self.numeric_columns)}
+        made = set(self.stacking.columns) if self.stacking is not None else set()
+        wanted |= {f"task.numeric_columns[{i}]": c for i, c in enumerate(self.numeric_columns) if c not in made}
         require_columns(frame, wanted, origin)
         if cols.text is not None:
             self._check_missing(frame, cols.text, origin, "text")
@@ -241,7 +249,7 @@ class ClassificationDataModule(SplitLoaders):
                     "a protected attribute is kept out of the model's input"
                 )
         else:
-            dropped = {cols.label, *cols.exclude, cols.sensitive}
+            dropped = {cols.label, *cols.exclude, cols.sensitive, *(self.stacking.columns if self.stacking else ())}
             ordered = [c for c in cols.phrases if c in frame.columns]  # phrase order first, then the rest
             features = ordered + [c for c in frame.columns if c not in dropped and c not in ordered]
         if not features:
@@ -296,11 +304,17 @@ class ClassificationDataModule(SplitLoaders):
         self._check_labels(splits)
         if self.preprocess is not None:
             splits = Splits(*(self.preprocess(frame) for _, frame in splits.items()))
+        if self.stacking is not None:  # task.hybrid: columns fitted on train (out of fold) and scored on val/test
+            splits = self.stacking(splits, self._serializer(splits.train).columns, self.columns.label, self.label_names)
+            self.run_records["hybrid"] = self.stacking.record
         serialize = None if self.columns.text is not None else self._serializer(splits.train)
         self.serialized_columns = serialize.columns if serialize is not None else []
         self.serialized_column_kinds = column_kinds(splits.train, self.serialized_columns) if serialize else {}
+        unknown = {}
         for name, frame in splits.items():
             texts = frame[self.columns.text].astype(str).tolist() if serialize is None else serialize(frame)
+            if serialize is not None and serialize.value_map:
+                unknown[name] = serialize.pop_unknown()
             labels = self._targets(frame)
             self.texts[name] = texts
             self.fingerprints[name] = fingerprint(texts, labels)
@@ -309,6 +323,8 @@ class ClassificationDataModule(SplitLoaders):
             clipped = clip_long_texts(texts, self.max_length, name)
             ids = tokenize(self.tokenizer, clipped, self.max_length, self.cache_dir, self.tokenize_workers)
             self.datasets[name] = TokenizedDataset(ids, labels, self._numeric(frame, name))
+        if serialize is not None and (serialize.value_map or serialize.formats):
+            self.run_records["serialization"] = codebook_record(serialize, unknown)
         self.splits = splits
 
     def _numeric(self, frame: pd.DataFrame, split: str) -> torch.Tensor | None:
