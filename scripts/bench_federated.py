@@ -10,12 +10,23 @@ table, summarizes it with ``finexp-report``, then measures the bytes of one roun
     python scripts/bench_federated.py --part bytes          # only the bytes per round (a few minutes)
     python scripts/bench_federated.py --jobs 3              # the three arms at once (busy machines)
     python scripts/bench_federated.py --part summary --out DIR   # summarize runs already there
+    python scripts/bench_federated.py --rounds 10 --lr 1e-3   # more rounds, a tuned client lr (target: within 0.02)
+    python scripts/bench_federated.py --part overhead       # deployment (SuperLink + 2 SuperNodes) vs in-process
+    python scripts/bench_federated.py --quick               # a correctness check of the overhead part (tiny_bert)
+
+The overhead part runs the same tiny run twice: federated.runtime=inprocess, and federated.runtime=deployment against
+a SuperLink and two SuperNodes started here on 127.0.0.1 (finexp-federate serve / node, each node on its own file),
+and prints round wall time and bytes per round side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import random
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -62,21 +73,32 @@ def main() -> None:
     parser.add_argument("--seeds", default="1")
     parser.add_argument("--out", default="outputs/bench_federated")
     parser.add_argument("--jobs", type=int, default=1, help=">1: the arms as single runs, this many at a time")
-    parser.add_argument("--part", choices=("all", "sweep", "summary", "bytes"), default="all")
+    parser.add_argument("--part", choices=("all", "sweep", "summary", "bytes", "overhead"), default="all")
+    parser.add_argument("--rounds", type=int, default=None, help="federated rounds (and central epochs) of the sweep")
+    parser.add_argument("--lr", type=float, default=None, help="optimizer.lr of every arm (the client lr)")
+    parser.add_argument("--quick", action="store_true", help="only the overhead part, 1 round, tiny (a check)")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.quick:
+        _overhead(out.with_name(out.name + "-overhead-quick"), rounds=1, rows=60)
+        return
+    extra = [f"optimizer.lr={args.lr}"] if args.lr is not None else []
+    if args.rounds is not None:  # same budget: rounds x 1 local epoch = epochs of the central arm
+        extra += [f"federated.rounds={args.rounds}", f"trainer.max_epochs={args.rounds}"]
     if args.part in ("all", "sweep"):
-        _sweep(out, args.max_rows, args.seeds, args.jobs)
+        _sweep(out, args.max_rows, args.seeds, args.jobs, extra)
     if args.part in ("all", "sweep", "summary"):
         _summary(out)
     if args.part in ("all", "bytes"):
         _bytes(out.with_name(out.name + "-bytes"))  # beside, not inside: finexp-report reads every run below out
+    if args.part in ("all", "overhead"):
+        _overhead(out.with_name(out.name + "-overhead"), rounds=3, rows=400)
 
 
-def _sweep(out: Path, max_rows: int, seeds: str, jobs: int) -> None:
+def _sweep(out: Path, max_rows: int, seeds: str, jobs: int, extra: list[str]) -> None:
     """The experiment's runs: one ``-m`` sweep, or with ``jobs > 1`` its arms as single runs, ``jobs`` at a time."""
-    data = [f"data.max_rows={max_rows}"]
+    data = [f"data.max_rows={max_rows}", *extra]
     started = time.perf_counter()
     if jobs == 1:
         args = ["finexp-train", "-m", "experiment=federated_vs_central", f"hydra.sweeper.params.seed={seeds}"]
@@ -178,6 +200,128 @@ def _bytes(out: Path) -> None:
         )
     ratio = sent["full"]["federated/bytes_per_round"] / sent["lora"]["federated/bytes_per_round"]
     print(f"  LoRA sends {ratio:.0f}x fewer bytes per round than full fine-tuning")
+
+
+WORDS = {
+    "bullish": ["shares rally after strong earnings", "profit beats forecast", "stock upgraded to buy"],
+    "bearish": ["shares slump on weak guidance", "loss widens as sales fall", "stock downgraded to sell"],
+}
+
+
+def _headlines(path: Path, rows: int, seed: int) -> None:
+    """A generated, easy headline file (the wording decides the label): one per institution and the coordinator."""
+    import pandas as pd
+
+    rng = random.Random(seed)
+    labels = ["bullish" if i % 2 else "bearish" for i in range(rows)]
+    frame = [{"headline": f"{rng.choice(['ACME', 'Globex'])} {rng.choice(WORDS[y])}", "sentiment": y} for y in labels]
+    pd.DataFrame(frame).to_csv(path, index=False)
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _listening(port: int, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    sys.exit(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
+
+
+def _overhead(out: Path, rounds: int, rows: int) -> None:
+    """Deployment (SuperLink + 2 SuperNodes on loopback) vs in-process on the same tiny run: round time, bytes."""
+    out.mkdir(parents=True, exist_ok=True)
+    coordinator, banks = out / "coordinator.csv", [out / "bank_a.csv", out / "bank_b.csv"]
+    for i, path in enumerate([coordinator, *banks]):
+        _headlines(path, rows, seed=i)
+    common = [
+        "model=tiny_bert",
+        "task=text_classification",
+        f"data.path={coordinator}",
+        "task.text_column=headline",
+        "task.label_column=sentiment",
+        "federated=fedavg",
+        "federated.num_clients=2",
+        f"federated.rounds={rounds}",
+        "trainer.accelerator=cpu",
+        *QUIET,
+    ]
+    serverappio, fleet, control, app_a, app_b = _free_ports(5)
+    env = {**os.environ, "FLWR_HOME": str(out / "flwr_home")}
+    cli = [sys.executable, "-m", "finexp.federated.cli"]
+    processes = []
+    try:
+        serve = [
+            *cli,
+            "serve",
+            f"--serverappio-port={serverappio}",
+            f"--fleet-port={fleet}",
+            f"--control-port={control}",
+        ]
+        processes.append(
+            subprocess.Popen(
+                serve,
+                stdout=(out / "superlink.log").open("w"),
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        )
+        _listening(fleet)
+        _listening(control)
+        for bank, port in zip(banks, (app_a, app_b), strict=True):
+            node = [
+                *cli,
+                "node",
+                f"--data={bank}",
+                f"--superlink=127.0.0.1:{fleet}",
+                f"--clientappio-address=127.0.0.1:{port}",
+            ]
+            processes.append(
+                subprocess.Popen(
+                    node,
+                    stdout=(out / f"{bank.stem}.log").open("w"),
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
+            )
+            _listening(port)
+        runs = {}
+        for runtime in ("inprocess", "deployment"):
+            run_dir = out / runtime
+            args = ["finexp-train", *common, f"federated.runtime={runtime}", f"hydra.run.dir={run_dir}"]
+            if runtime == "deployment":
+                args.append(f"federated.superlink=127.0.0.1:{control}")
+            seconds = _run(args, out / f"{runtime}.log")
+            runs[runtime] = (json.loads((run_dir / "metrics.json").read_text()), seconds)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=20)
+    print(f"  tiny_bert, 2 nodes x {rows} rows, {rounds} round(s), FedAvg (deployment: loopback, insecure)")
+    print(
+        f"  {'runtime':<11} {'round s':>8} {'bytes/round':>12} {'up':>10} {'down':>10} {'test/auroc':>10} {'run s':>6}"
+    )
+    for runtime, (m, seconds) in runs.items():
+        print(
+            f"  {runtime:<11} {m['federated/round_s']:8.2f} {m['federated/bytes_per_round']:12,.0f} "
+            f"{m['federated/bytes_up_per_round']:10,.0f} {m['federated/bytes_down_per_round']:10,.0f} "
+            f"{m['test/auroc']:10.4f} {seconds:6.0f}"
+        )
+    extra = runs["deployment"][0]["federated/round_s"] - runs["inprocess"][0]["federated/round_s"]
+    print(f"  deployment overhead per round: {extra:+.2f} s (separate processes, gRPC, model built on each node)")
 
 
 if __name__ == "__main__":

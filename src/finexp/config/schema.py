@@ -433,7 +433,7 @@ class FederatedConfig:
     strategy: Any = MISSING  # a Flower Message-API strategy (flwr.serverapp.strategy.*, ``_partial_: true``)
     dp: FederatedDPConfig = field(default_factory=FederatedDPConfig)
     runtime: str = "inprocess"  # inprocess (nodes in this process) | deployment (a SuperLink and SuperNodes)
-    superlink: str | None = None  # runtime=deployment: host:port of the SuperLink's ServerAppIo API (e.g. :9091)
+    superlink: str | None = None  # runtime=deployment: host:port of the SuperLink's Control API (flwr run; :9093)
     root_certificates: str | None = None  # runtime=deployment: CA certificate (PEM) of a TLS SuperLink; null: insecure
     min_available_nodes: int | None = None  # nodes a round waits for; null: num_clients
     accept_failures: bool = False  # true: a round goes on with the nodes that answered (failures recorded)

@@ -300,7 +300,7 @@ class Federation:
         answered = [r for r in replies if not r.has_error()]
         if not answered:
             raise FinexpError(f"round {server_round}: no node answered ({len(record.failures)} failed)")
-        record.clients = [self._name(r.metadata.src_node_id) for r in answered]
+        record.clients = [self._reply_name(r) for r in answered]
         self.last_replies = answered
         aggregated, metrics = self.strategy.aggregate_train(server_round, replies)
         if aggregated is None:
@@ -312,6 +312,13 @@ class Federation:
 
     def _name(self, node_id: int) -> str:
         return self.node_names.get(node_id, str(node_id))
+
+    def _reply_name(self, reply: Message) -> str:
+        """The node's own name (finexp's ClientApp says it), else the one finexp gave it, else its node id."""
+        node = reply.metadata.src_node_id
+        if node not in self.node_names and "node" in reply.content.config_records:
+            self.node_names[node] = str(reply.content["node"].get("name", node))
+        return self._name(node)
 
     def _better(self, value: float, best: float | None) -> bool:
         if math.isnan(value):

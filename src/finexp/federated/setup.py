@@ -27,8 +27,8 @@ def check_runtime(fed: DictConfig) -> None:
         )
     if runtime == "deployment" and not fed.get("superlink"):
         raise FinexpError(
-            "federated.runtime=deployment needs federated.superlink=host:port (the SuperLink's ServerAppIo API, "
-            "e.g. 127.0.0.1:9091; start one with `finexp-federate serve`)"
+            "federated.runtime=deployment needs federated.superlink=host:port (the SuperLink's Control API, "
+            "e.g. 127.0.0.1:9093; start one with `finexp-federate serve`)"
         )
     if fed.get("secure_aggregation") and runtime == "inprocess":
         raise FinexpError(
@@ -191,3 +191,38 @@ def _plain_config(cfg: DictConfig) -> dict[str, Any]:
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
     return {k: v for k, v in plain.items() if k not in ("paths", "hydra", "resume")}
+
+
+def coordinator_from(
+    cfg: DictConfig, module: pl.LightningModule, datamodule: Any, loggers: list[Any], grid: Any
+) -> Any:
+    """The coordinator of a deployment (in the ServerApp the SuperLink starts): the strategy over the SuperLink's
+    ``grid``, the global model scored on this machine's val split, the state written into the run directory."""
+    from finexp.config import monitor_mode
+    from finexp.federated.client import trainable_names
+    from finexp.federated.server import STATE_DIR, Federation
+
+    fed = cfg.federated
+    dp = client_dp_from(cfg)
+    return Federation(
+        module,
+        trainable_names(module),
+        instantiate(fed.strategy, source="the run config received through the SuperLink"),
+        rounds=fed.rounds,
+        val_loader=datamodule.val_dataloader(),
+        make_trainer=trainer_factory(cfg),
+        num_nodes=fed.get("min_available_nodes") or fed.num_clients,
+        grid=grid,
+        monitor=cfg.task.monitor,
+        mode=monitor_mode(cfg.task.monitor),
+        loggers=loggers,
+        dp=dp,
+        dp_delta=fed.dp.delta if dp is not None else None,
+        seed=cfg.seed,
+        timeout=fed.timeout,
+        accept_failures=fed.accept_failures,
+        state_dir=Path(cfg.paths.output_dir) / STATE_DIR,
+        config=_plain_config(cfg),
+        resume=bool(cfg.get("resume", True)),
+        runtime="deployment",
+    )
