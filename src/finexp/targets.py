@@ -55,7 +55,6 @@ FINEXP_TARGETS = frozenset(
         "finexp.resume.RNGStateCheckpoint",
         "finexp.run_records.RunRecords",
         "finexp.averaging.EpochWeightAveraging",
-        "finexp.run_records.RunRecords",
         "finexp.strategies.fsdp",
         "finexp.multirun.MultirunSummary",  # a Hydra callback (conf/hydra), never in a saved config
     }
