@@ -101,20 +101,20 @@ def validate_config(cfg: DictConfig) -> None:
     _require(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
     validate_analysis(cfg.get("analysis"))
 
-    sources = [k for k in ("rdataset", "path", "train_path") if data[k]]
+    sources = [k for k in ("rdataset", "path", "train_path", "hf_dataset") if data.get(k)]
     if not sources:
         hint = cfg.task.data_hint
         if hint:  # a standard dataset (conf/task): name it and say how to get a local copy
             raise ConfigError(f"task '{cfg.task.name}' needs a local copy of its dataset: {hint}")
         raise ConfigError(
             f"task '{cfg.task.name}' reads your files: set data.path=FILE (finexp splits it) "
-            "or data.train_path=FILE [data.val_path=FILE] [data.test_path=FILE]"
+            "or data.train_path=FILE [data.val_path=FILE] [data.test_path=FILE] or data.hf_dataset=DIR_OR_NAME"
         )
     _require(
         len(sources) == 1,
         "data",
         {k: data[k] for k in sources},
-        "give exactly one of data.rdataset, data.path, data.train_path",
+        "give exactly one of data.rdataset, data.path, data.train_path, data.hf_dataset",
     )
     if (data.val_path or data.test_path) and not data.train_path:
         raise ConfigError("data.val_path/data.test_path need data.train_path as well")

