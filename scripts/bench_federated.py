@@ -306,10 +306,14 @@ def _overhead(out: Path, rounds: int, rows: int) -> None:
             seconds = _run(args, out / f"{runtime}.log")
             runs[runtime] = (json.loads((run_dir / "metrics.json").read_text()), seconds)
     finally:
-        for process in processes:
+        for process in processes:  # each by its process group (the Flower process and its app children)
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=20)
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait(timeout=10)
     print(f"  tiny_bert, 2 nodes x {rows} rows, {rounds} round(s), FedAvg (deployment: loopback, insecure)")
     print(
         f"  {'runtime':<11} {'round s':>8} {'bytes/round':>12} {'up':>10} {'down':>10} {'test/auroc':>10} {'run s':>6}"
