@@ -58,6 +58,7 @@ def datamodule(
 
     ``datamodule_class``: a subclass for another kind of label (regression, multi-label) reusing this pipeline.
     """
+    from finexp.baselines.stacking import gbm_score_from
     from finexp.data.datamodule import ClassificationDataModule, Columns, SplitPolicy
 
     task, data = cfg.task, cfg.data
@@ -98,6 +99,7 @@ def datamodule(
         sampling=sampling_from(cfg),
         augment=augmenter_from(cfg),
         numeric_columns=fusion_columns(cfg),
+        stacking=gbm_score_from(plain(task.hybrid)),  # task.hybrid: boosting's cross-fitted score as a column
     )
 
 

@@ -148,7 +148,8 @@ def fusion_columns(cfg: DictConfig) -> list[str]:
     """``model.fusion=concat``: the numeric columns fused with the text (``task.numeric_columns``); else none."""
     if cfg.model.fusion is None:
         return []
-    return list(plain(cfg.task.numeric_columns) or [])
+    hybrid = cfg.task.hybrid  # task.hybrid.gbm_score: boosting's cross-fitted score is one more fused column
+    return list(plain(cfg.task.numeric_columns) or []) + ([hybrid.column] if hybrid.gbm_score else [])
 
 
 def no_initial(initial: InitialWeights | None, problem: str) -> None:
