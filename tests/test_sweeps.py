@@ -76,32 +76,82 @@ def test_joblib_multirun_records_a_failed_job_goes_on_and_reruns_skip_finished_j
     assert json.loads((failed / "error.json").read_text())["type"] == "ConfigError"
 
 
-def test_optuna_search_of_three_trials_maximizes_the_monitor(tmp_path, sentiment_csv):
-    sweep = tmp_path / "optuna"
-    result = _cli(
-        tmp_path,
-        "-m",
-        *QUICK,
-        *text_task(sentiment_csv),
-        "hparams_search=optuna",
-        f"hydra.sweep.dir={sweep}",
-        "hydra.sweeper.n_trials=3",
-        "hydra.sweeper.sampler.n_startup_trials=2",
+def _optuna(tmp_path: Path, sentiment_csv: Path, *args: str) -> subprocess.CompletedProcess:
+    return _cli(tmp_path, "-m", *QUICK, *text_task(sentiment_csv), "hparams_search=optuna", *args)
+
+
+def test_optuna_study_in_sqlite_is_interrupted_and_resumed_without_rerunning_trials(tmp_path, sentiment_csv):
+    import optuna
+
+    sweep, storage = tmp_path / "optuna", f"sqlite:///{tmp_path / 'study.db'}"
+    study = ["hydra.sweeper.study_name=resumable", f"hydra.sweeper.storage={storage}", f"hydra.sweep.dir={sweep}"]
+    first = _optuna(
+        tmp_path, sentiment_csv, *study, "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2"
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
-    assert [p.name for p in jobs] == ["0", "1", "2"]
-    scores, rates = [], set()
-    for job in jobs:
+    assert first.returncode == 0, first.stderr[-3000:]
+    done = {n: (sweep / n / "metrics.json").stat().st_mtime_ns for n in ("0", "1")}
+    second = _optuna(
+        tmp_path, sentiment_csv, *study, "hydra.sweeper.n_trials=4", "hydra.sweeper.sampler.n_startup_trials=2"
+    )
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert {n: (sweep / n / "metrics.json").stat().st_mtime_ns for n in ("0", "1")} == done  # not rerun
+
+    trials = optuna.load_study(study_name="resumable", storage=storage).trials
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    scores = []
+    for trial in trials:  # job N is trial N: its config holds the trial's parameters, its value the run's monitor
+        job = sweep / str(trial.number)
         metrics = json.loads((job / "metrics.json").read_text())
         assert "test/auroc" not in metrics  # hparams_search chooses on val only
-        scores.append(metrics["val/auroc"])
+        assert trial.value == pytest.approx(metrics["val/auroc"])
         config = yaml.safe_load((job / "config.yaml").read_text())
+        assert config["optimizer"]["lr"] == pytest.approx(trial.params["optimizer.lr"])
         assert 1e-5 <= config["optimizer"]["lr"] <= 1e-3 and 0 <= config["model"]["dropout"] <= 0.3
-        rates.add(config["optimizer"]["lr"])
-    assert len(rates) == 3  # three different proposals
+        scores.append(metrics["val/auroc"])
+    assert len({t.params["optimizer.lr"] for t in trials}) == 4  # four different proposals
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert best["best_value"] == pytest.approx(max(scores))
+    assert best["best_value"] == pytest.approx(max(scores)) and best["trials"]["complete"] == 4
+
+
+def test_optuna_median_pruner_stops_a_clearly_worse_trial_and_records_it_as_pruned(tmp_path, sentiment_csv):
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="pruned", storage=storage, direction="maximize")
+    study.add_trial(  # a finished trial that scored a perfect val/auroc at every epoch
+        optuna.trial.create_trial(
+            params={"optimizer.lr": 1e-3},
+            distributions={"optimizer.lr": FloatDistribution(1e-12, 1e-3, log=True)},
+            value=1.0,
+            intermediate_values={0: 1.0, 1: 1.0, 2: 1.0},
+        )
+    )
+    sweep = tmp_path / "optuna"
+    result = _optuna(
+        tmp_path,
+        sentiment_csv,
+        "hydra/sweeper/pruner=median",
+        "hydra.sweeper.pruner.n_startup_trials=1",
+        "hydra.sweeper.study_name=pruned",
+        f"hydra.sweeper.storage={storage}",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.sweeper.n_trials=2",
+        "model.dropout=0.1",  # command-line values replace the search space's: fixed,
+        "optimizer.lr=tag(log, interval(1e-12, 1e-11))",  # and searched, too low to learn anything: AUROC < 1.0
+        "trainer.max_epochs=3",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    trial = optuna.load_study(study_name="pruned", storage=storage).trials[1]
+    assert trial.state == optuna.trial.TrialState.PRUNED  # not failed
+    assert trial.user_attrs["pruned_at_epoch"] == 0 and list(trial.intermediate_values) == [0], (
+        trial.intermediate_values
+    )
+    metrics = json.loads((sweep / "1" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["pruned_at_epoch"] == 0
+    assert metrics["time/epochs"] == 1  # stopped after the first of 3 epochs
+    assert not (sweep / "1" / "error.json").exists()
 
 
 def test_wandb_sweep_yaml_runs_finexp_with_hydra_overrides_that_compose(make_cfg):

@@ -1,6 +1,8 @@
-"""Lightning callbacks that record what a run cost: time per epoch, throughput, peak memory, checkpoint size.
+"""Lightning callbacks that record what a run cost (time per epoch, throughput, peak memory, checkpoint size), and
+the one that reports a hyper-parameter search trial to Optuna.
 
-Wired through ``conf/callbacks/default.yaml``; ``finexp-train`` merges :attr:`RunCosts.records` into ``metrics.json``.
+:class:`RunCosts` is wired through ``conf/callbacks/default.yaml``; ``finexp-train`` merges its records into
+``metrics.json``. :class:`OptunaPruning` is added by ``finexp-train`` to the jobs of an ``hparams_search`` sweep.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import psutil
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
 
 
 class PeakRssSampler:
@@ -155,3 +158,39 @@ def run_costs(trainer: pl.Trainer) -> dict[str, float]:
     if not records:
         records = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(COST_PREFIXES)}
     return records
+
+
+class OptunaPruning(pl.Callback):
+    """Report ``monitor`` to an Optuna trial after every validation epoch and stop training when its pruner says so.
+
+    A pruned run stops at the end of that epoch (``trainer.should_stop``) and finishes as usual (best checkpoint
+    validated, ``metrics.json`` written, with ``pruned_at_epoch``); the trial's ``pruned_at_epoch`` user attribute
+    tells the sweeper to record it as pruned rather than completed or failed. Only rank 0 talks to the study; the
+    decision is broadcast to the other ranks.
+
+    Args:
+        trial: an ``optuna.trial.Trial`` of a study whose pruner decides.
+        monitor: the metric reported (``task.monitor``, e.g. ``val/auroc``).
+    """
+
+    def __init__(self, trial: Any, monitor: str) -> None:
+        self.trial = trial
+        self.monitor = monitor
+        self.pruned_at_epoch: int | None = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        fitting = trainer.state.fn == TrainerFn.FITTING  # not the validate() of the best checkpoint after fit
+        if not fitting or trainer.sanity_checking or self.pruned_at_epoch is not None:
+            return
+        if self.monitor not in trainer.callback_metrics:
+            return
+        epoch = trainer.current_epoch
+        prune = False
+        if trainer.is_global_zero:
+            self.trial.report(float(trainer.callback_metrics[self.monitor]), step=epoch)
+            prune = self.trial.should_prune()
+            if prune:
+                self.trial.set_user_attr("pruned_at_epoch", epoch)
+        if trainer.strategy.broadcast(prune, src=0):
+            self.pruned_at_epoch = epoch
+            trainer.should_stop = True

@@ -31,7 +31,7 @@ from finexp.adapters import count_parameters
 from finexp.analysis import AnalysisOptions, analyze
 from finexp.analysis.regression import analyze_regression, predict_targets
 from finexp.baselines import run_baseline
-from finexp.callbacks import run_costs
+from finexp.callbacks import OptunaPruning, run_costs
 from finexp.data.profile import build_input_profile
 from finexp.loggers import CSVLogger
 from finexp.models import memory
@@ -202,7 +202,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:  # a resumed run keeps the CSV rows of the epochs its checkpoint holds
         if isinstance(logger, CSVLogger):
             logger.resume_epoch = resume_epoch
-    trainer = build.trainer_from(cfg, build.callbacks_from(cfg) + privacy.callbacks(), loggers)
+    pruning = _sweep_trial_callback(monitor)  # a job of hparams_search=optuna: report to its trial
+    extra_callbacks = [pruning] if pruning is not None else []
+    trainer = build.trainer_from(cfg, build.callbacks_from(cfg) + privacy.callbacks() + extra_callbacks, loggers)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -274,6 +276,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         **privacy.report(),
         **method_records,
         **(federation.report() if federation is not None else {}),
+        **({"pruned_at_epoch": pruning.pruned_at_epoch} if pruning and pruning.pruned_at_epoch is not None else {}),
         **{k: float(v) for k, v in sorted(metrics.items())},
     }
     report = REPORTS.get(build.problem_of(cfg).report or "")
@@ -428,6 +431,31 @@ def _sweep_group(task: str) -> str:
         sweep_dir = Path(HydraConfig.get().sweep.dir)
         return f"{task}/{sweep_dir.parent.name}-{sweep_dir.name}"
     return task
+
+
+def _sweep_trial_callback(monitor: str) -> OptunaPruning | None:
+    """The pruning callback of a job of finexp's Optuna sweeper (``hydra.sweeper.trial`` set), else None."""
+    if not _is_multirun():
+        return None
+    sweeper = HydraConfig.get().sweeper
+    if sweeper.get("trial") is None or not str(sweeper.get("_target_", "")).startswith(_OPTUNA_SWEEPER):
+        return None
+    from hydra_plugins.finexp_optuna_sweeper.optuna_sweeper import _instantiate_optuna, open_trial
+
+    pruner = _instantiate_optuna(sweeper.pruner, "pruners", "hydra.sweeper.pruner")
+    trial = open_trial(sweeper.study_name, sweeper.storage, int(sweeper.trial), pruner)
+    if trial is None:
+        if type(pruner).__name__ != "NopPruner":
+            log.warning(
+                "hydra.sweeper.pruner=%s cannot prune this trial: its in-memory study lives in another process; "
+                "set hydra.sweeper.storage=sqlite:///<file>.db",
+                type(pruner).__name__,
+            )
+        return None
+    return OptunaPruning(trial, monitor)
+
+
+_OPTUNA_SWEEPER = "hydra_plugins.finexp_optuna_sweeper."
 
 
 def _is_multirun() -> bool:
