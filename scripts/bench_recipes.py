@@ -79,7 +79,8 @@ def main() -> None:
     base = ["logger=csv", "analysis=none", "test_predictions=false", "trainer.enable_progress_bar=false"]
     if args.quick:
         args.seeds = args.seeds[:1]
-        base += ["model=tiny_bert", "data.max_rows=300", "trainer.max_epochs=1", "task.hybrid.folds=2", "optimizer.lr=3e-3"]
+        base += ["model=tiny_bert", "data.max_rows=300", "trainer.max_epochs=1", "optimizer.lr=3e-3"]
+        base += ["task.hybrid.folds=2"]
     else:
         base += ["model=minilm"]
     out = Path("outputs/bench/recipes")
