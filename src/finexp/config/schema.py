@@ -155,6 +155,7 @@ class DataConfig:
     batch_size: int = 32
     eval_batch_size: int = 64
     group_by_length: bool = True  # batch rows of similar length together (less padding)
+    packing: bool = False  # task.problem=generation: several short rows per training sequence, no cross-attention
     num_workers: Any = "auto"  # DataLoader workers per process; auto: 0 on CPU, up to 4 with CUDA
     pin_memory: Any = "auto"  # page-locked batches (faster copies to the GPU); auto: on with CUDA
     tokenize_workers: int = 1  # processes that tokenize; more pay from ~100k rows (fast tokenizers also use threads)
