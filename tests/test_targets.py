@@ -29,7 +29,7 @@ def shipped_targets() -> set[str]:
 
 def test_every_target_in_conf_is_allowed_and_every_finexp_entry_is_used_or_a_schema_default():
     targets = shipped_targets()
-    assert "pytorch_lightning.Trainer" in targets and "finexp.optim.adamw" not in targets  # adamw: a schema default
+    assert "finexp.compile.Trainer" in targets and "finexp.optim.adamw" not in targets  # adamw: a schema default
     for target in targets:
         check_target(target, "conf", "conf/")
     for target in FINEXP_TARGETS:  # each allowed finexp name exists

@@ -44,6 +44,7 @@ FINEXP_TARGETS = frozenset(
         "finexp.baselines.GradientBoosting",
         "finexp.baselines.TfidfLogReg",
         "finexp.callbacks.RunCosts",
+        "finexp.compile.Trainer",
         "finexp.loggers.CSVLogger",
         "finexp.loggers.MLFlowLogger",
         "finexp.loggers.WandbLogger",

@@ -32,6 +32,7 @@ from finexp.analysis import AnalysisOptions, analyze
 from finexp.analysis.regression import analyze_regression, predict_targets
 from finexp.baselines import run_baseline
 from finexp.callbacks import OptunaPruning, run_costs
+from finexp.compile import compile_encoder
 from finexp.data.profile import build_input_profile
 from finexp.loggers import CSVLogger
 from finexp.models import memory
@@ -194,6 +195,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             weight_decay=cfg.optimizer.weight_decay,
             resume=plan.ckpt_path is not None,
         )
+    compiled = compile_encoder(model) if cfg.trainer.get("compile", False) else None  # trainer.compile=true
     teacher = functools.partial(open_teacher, cfg.distill.teacher) if cfg.distill.teacher else None
     module = build.module_from(cfg, model, datamodule, teacher)
     params = count_parameters(model)
@@ -224,6 +226,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "init_from": initialized,  # model.init_from: the earlier run, and whether its head was kept
                 "privacy": privacy.report(),  # labels randomized and PII masked (DP-SGD's ε: metrics.json)
                 "model_weights": weights_record(model, cfg.model.name_or_path, load_options(cfg)),  # what loaded
+                "compiled": compiled,  # trainer.compile=true: the module torch.compile compiled (null: none)
             },
         )
         write_json(output_dir / "run_info.json", info)
