@@ -47,7 +47,7 @@ NEEDS = {
     ("method", "prompt"): ["method.verbalizer={no:bad,yes:good}"],
 }
 # Options that need a package finexp does not install (checked by validate_config before anything is built).
-PACKAGES = {("trainer", "deepspeed"): "deepspeed"}
+PACKAGES = {("trainer", "deepspeed"): "deepspeed", ("trainer", "deepspeed_zero3"): "deepspeed"}
 # Groups finexp-train does not compose: the entry points that do (tests/test_rules.py builds their rules).
 OTHER_ENTRY_POINTS = {"rules": ("predict", ["ckpt=x.ckpt", "input=x.csv"])}
 
@@ -199,7 +199,7 @@ def test_help_lists_groups_and_examples(tmp_path):
     for text in (
         "adapter: bottleneck, freeze, full, ia3, lora, prefix_tuning, prompt_tuning, top_layers",
         "task: " + ", ".join(sorted(p.stem for p in (CONF / "task").glob("*.yaml"))),  # every task file, listed
-        "trainer: auto, cpu, ddp, ddp_cpu, deepspeed, fsdp, gpu",
+        "trainer: auto, cpu, ddp, ddp_cpu, deepspeed, deepspeed_zero3, fsdp, gpu",
         "finexp-train -m seed=1,2,3",
     ):
         assert text in result.stdout
