@@ -141,6 +141,7 @@ def _validate_packing(cfg: DictConfig) -> None:
     """``data.packing``: rows share a training sequence, so the row must be what the model reads on its own."""
     if not cfg.data.packing:
         return
+    adapter = str(cfg.adapter.get("_target_", ""))
     conflicts = [
         (
             cfg.task.problem != "generation",
@@ -153,8 +154,8 @@ def _validate_packing(cfg: DictConfig) -> None:
             "DP-SGD bounds each row's gradient, a packed sequence mixes rows",
         ),
         (
-            cfg.adapter.name in ("prompt_tuning", "prefix_tuning"),
-            f"adapter={cfg.adapter.name}",
+            adapter.endswith(("build_prompt_tuning", "build_prefix_tuning")),
+            f"adapter={adapter.rsplit('build_', 1)[-1]}",
             "its virtual tokens open each sequence, not each packed row",
         ),
     ]

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 from finexp.data.batching import Batching, SplitLoaders
 from finexp.data.datamodule import ClassificationDataModule, DataSource
 from finexp.data.ner import IGNORE, TokenPadCollator
+from finexp.data.packing import PackedCollator, PackedDataset
 from finexp.data.sources import DataError, read_table, require_columns
 from finexp.data.splits import fingerprint
 
@@ -101,6 +102,8 @@ class GenerationDataModule(SplitLoaders):
         split_seed: seed of that split.
         max_length: tokens per row, prompt and answer together.
         batching: batch sizes, length grouping, the training order's seed, loader workers.
+        packing: pack several train rows into each sequence of ``max_length`` tokens (:mod:`finexp.data.packing`);
+            val and test stay one row per sequence.
     """
 
     def __init__(
@@ -114,6 +117,7 @@ class GenerationDataModule(SplitLoaders):
         split_seed: int = 42,
         max_length: int = 256,
         batching: Batching | None = None,
+        packing: bool = False,
     ) -> None:
         super().__init__()
         self.tokenizer = tokenizer
@@ -122,10 +126,12 @@ class GenerationDataModule(SplitLoaders):
         self.val_size, self.test_size, self.split_seed = val_size, test_size, split_seed
         self.max_length = max_length
         self.batching = batching or Batching()
+        self.packing = packing
+        self.packing_record: dict[str, float | int] | None = None  # what packing did (run_info.json)
         self.bos, self.eos = special_ids(tokenizer)
         self.label_names: list[str] = []  # no classes: the "labels" are the responses
         self.frames: dict[str, pd.DataFrame] = {}
-        self.datasets: dict[str, PromptResponseDataset] = {}
+        self.datasets: dict[str, PromptResponseDataset | PackedDataset] = {}
         self.fingerprints: dict[str, str] = {}
 
     def _read(self, path: str) -> pd.DataFrame:
@@ -185,6 +191,10 @@ class GenerationDataModule(SplitLoaders):
                 log.warning("%s split: %d row(s) longer than data.max_length=%d were cut", name, cut, self.max_length)
             self.frames[name] = frame
             self.datasets[name] = PromptResponseDataset(rows)
+            if self.packing and name == "train" and rows:
+                packed = PackedDataset(self.datasets[name], self.max_length)
+                self.datasets[name], self.packing_record = packed, packed.statistics()
+                log.info("data.packing: %d train rows in %d sequences", len(rows), len(packed))
             self.fingerprints[name] = fingerprint(prompts, responses)
 
     def setup(self, stage: str | None = None) -> None:
@@ -200,4 +210,6 @@ class GenerationDataModule(SplitLoaders):
         return {name: frame[self.prompt_column].astype(str).tolist() for name, frame in self.frames.items()}
 
     def collate(self, name: str) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+        if isinstance(self.datasets[name], PackedDataset):
+            return PackedCollator(self.tokenizer.pad_token_id)
         return PromptCollator(self.tokenizer.pad_token_id, self.datasets[name].prompt_lengths)
