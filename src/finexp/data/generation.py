@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -127,7 +128,7 @@ class GenerationDataModule(SplitLoaders):
         self.max_length = max_length
         self.batching = batching or Batching()
         self.packing = packing
-        self.packing_record: dict[str, float | int] | None = None  # what packing did (run_info.json)
+        self.run_records: dict[str, Any] = {}  # what run_info.json adds (finexp.run_records.RunRecords): packing
         self.bos, self.eos = special_ids(tokenizer)
         self.label_names: list[str] = []  # no classes: the "labels" are the responses
         self.frames: dict[str, pd.DataFrame] = {}
@@ -193,7 +194,7 @@ class GenerationDataModule(SplitLoaders):
             self.datasets[name] = PromptResponseDataset(rows)
             if self.packing and name == "train" and rows:
                 packed = PackedDataset(self.datasets[name], self.max_length)
-                self.datasets[name], self.packing_record = packed, packed.statistics()
+                self.datasets[name], self.run_records["packing"] = packed, packed.statistics()
                 log.info("data.packing: %d train rows in %d sequences", len(rows), len(packed))
             self.fingerprints[name] = fingerprint(prompts, responses)
 
