@@ -265,3 +265,38 @@ def test_cv_fold_values_are_checked_and_reach_the_datamodule(make_cfg, sentiment
     assert rows[0][0].isdisjoint(rows[1][0]) and rows[0][1] == rows[1][1]
     assert rows[0][2] + len(rows[0][0]) == 160 - len(rows[0][1])
     assert OmegaConf.select(cfg, "data.cv.folds") == 4
+
+
+def test_optuna_search_space_syntax_maps_to_optuna_distributions():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from hydra_plugins.finexp_optuna_sweeper.optuna_sweeper import distribution_of
+
+    parse = OverridesParser.create().parse_override
+    assert distribution_of(parse("optimizer.lr=tag(log, interval(1e-5, 1e-3))")) == FloatDistribution(
+        1e-5, 1e-3, log=True
+    )
+    assert distribution_of(parse("model.dropout=interval(0.0, 0.3)")) == FloatDistribution(0.0, 0.3)
+    assert distribution_of(parse("adapter.r=choice(4, 8, 16)")) == CategoricalDistribution([4, 8, 16])
+    assert distribution_of(parse("data.batch_size=range(8, 33, 8)")) == IntDistribution(8, 32, step=8)
+    assert distribution_of(parse("seed=3")) is None  # a plain value: the same in every trial
+
+
+def test_optuna_trials_an_interrupted_sweep_left_running_are_failed_and_retried(tmp_path):
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from hydra_plugins.finexp_optuna_sweeper.optuna_sweeper import OptunaSweeper
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    space = {"optimizer.lr": FloatDistribution(1e-5, 1e-3, log=True)}
+    study.tell(study.ask(space), 0.7)
+    left = study.ask(space)  # the sweep was killed while this trial ran
+    assert OptunaSweeper._recover_interrupted(study) == 1
+    frozen = study.trials[left.number]
+    assert frozen.state == optuna.trial.TrialState.FAIL and frozen.user_attrs["interrupted"] is True
+    assert OptunaSweeper._finished(study) == 1  # the interrupted trial does not count towards n_trials
+    retried = study.ask(space)  # the next proposal retries its parameters
+    assert retried.params == left.params and retried.number == 2

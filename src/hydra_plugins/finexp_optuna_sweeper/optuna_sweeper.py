@@ -190,7 +190,8 @@ class OptunaSweeper(Sweeper):
             load_if_exists=self.load_if_exists,
         )
 
-    def _recover_interrupted(self, study: optuna.Study) -> int:
+    @staticmethod
+    def _recover_interrupted(study: optuna.Study) -> int:
         """Trials an earlier, interrupted sweep left running: failed (``interrupted``), their parameters retried."""
         from optuna.trial import TrialState
 
