@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,15 @@ TrainerFactory = Callable[..., pl.Trainer]
 # Rényi orders the accountant tries: Opacus' defaults stop at 63, which a few un-subsampled rounds with little noise
 # outgrow (the bound is then loose, and Opacus warns); more orders cost nothing here.
 RDP_ORDERS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [2**k for k in range(6, 13)]
+
+
+def node_seed(seed: int, name: str) -> int:
+    """The seed of a node's batches, dropout and noise: the run's ``seed`` and the node's name.
+
+    A node is the same node wherever it runs: the in-process node holding institution ``bank_a``'s rows and the
+    SuperNode started on ``bank_a.csv`` draw the same batches in every round (the name, not Flower's random node id).
+    """
+    return seed + zlib.crc32(name.encode()) % 100_003
 
 
 def trainable_names(module: torch.nn.Module) -> list[str]:

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from finexp import FinexpError
 from finexp.federated.app import make_client_app
-from finexp.federated.client import LocalNode, client_loader, set_arrays, trainable_names
+from finexp.federated.client import LocalNode, client_loader, node_seed, set_arrays, trainable_names
 from finexp.federated.server import STATE_DIR, FederationResult, RoundRecord
 
 log = logging.getLogger("finexp")
@@ -84,17 +84,22 @@ def _deployed_node(context: Context) -> LocalNode:
     if not isinstance(data, str) or not Path(data).is_file():
         raise FinexpError(f"node config data={data!r} is not a file: start the node with finexp-federate node --data")
     cfg = _config_from(context.run_config)
+    name = str(context.node_config.get("name") or Path(data).stem)
+    # Flower starts a new ClientApp process for every message: the node's directory (its tokenized rows) is kept
+    # per run and node, so later rounds read the cache instead of tokenizing again.
+    work = Path(tempfile.gettempdir()) / f"finexp-node-{context.run_id}-{context.node_id}"
     with open_dict(cfg):
-        cfg.data.path = data  # this node's rows, and no one else's
-        cfg.paths.output_dir = tempfile.mkdtemp(prefix="finexp-node-")
-        cfg.paths.cache_dir = str(Path(cfg.paths.output_dir) / "cache")
+        for source in ("rdataset", "train_path", "val_path", "test_path", "hf_dataset"):
+            cfg.data[source] = None  # the coordinator's data sources name files of its machine, not this node's
+        cfg.data.path = data  # this node's rows, and no one else's: split as the run splits a file, trains on train
+        cfg.paths.output_dir = str(work)
+        cfg.paths.cache_dir = str(work / "cache")
     module, datamodule = _build(cfg)
     fed = cfg.federated
-    name = str(context.node_config.get("name") or Path(data).stem)
     batching = PadCollator(datamodule.tokenizer.pad_token_id)
     train_set = datamodule.datasets["train"]
     rows = np.arange(len(train_set))
-    seed = cfg.seed + int(context.node_id % 100_003)
+    seed = node_seed(cfg.seed, name)  # the in-process node of this institution draws the same batches
     node = LocalNode(
         name,
         module,
@@ -241,7 +246,7 @@ class DeploymentRun:
                     f"the federation on {self.superlink} did not finish within federated.timeout={self.timeout} s "
                     f"(is finexp-train on the SuperLink's machine, and are {self.cfg.federated.num_clients} nodes up?)"
                 )
-            time.sleep(0.5)
+            time.sleep(0.1)
         outcome = json.loads(outcome_path.read_text())
         if outcome.get("status") != "completed":
             raise FinexpError(f"the federation's ServerApp failed: {outcome.get('error')}")

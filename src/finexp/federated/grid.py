@@ -10,6 +10,7 @@ answered, and which failed (an error reply or no reply before the timeout).
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
 from collections.abc import Iterable, Mapping
@@ -96,10 +97,16 @@ class Traffic:
 
 
 class MeteredGrid(Grid):
-    """Any ``Grid``, with the bytes, answers and failures of every ``send_and_receive`` recorded in :attr:`traffic`."""
+    """Any ``Grid``, with the bytes, answers and failures of every ``send_and_receive`` recorded in :attr:`traffic`.
 
-    def __init__(self, grid: Grid) -> None:
+    ``send_and_receive`` pushes the messages and polls for replies every ``poll_interval`` seconds itself: Flower's
+    gRPC grid sleeps 3 s between polls, which adds 1.5 s to every round on average (a pull is one small request to
+    the SuperLink, so polling faster costs nothing that matters).
+    """
+
+    def __init__(self, grid: Grid, poll_interval: float = 0.1) -> None:
         self.grid = grid
+        self.poll_interval = poll_interval
         self.traffic = Traffic()
 
     def reset(self) -> Traffic:
@@ -136,7 +143,17 @@ class MeteredGrid(Grid):
         messages = list(messages)
         started = time.perf_counter()
         self.traffic.bytes_down += sum(record_bytes(m.content) for m in messages)
-        replies = sorted(self.grid.send_and_receive(messages, timeout=timeout), key=lambda m: m.metadata.src_node_id)
+        waiting = set(self.grid.push_messages(messages))
+        deadline = time.monotonic() + (timeout if timeout is not None else math.inf)
+        replies: list[Message] = []
+        while True:
+            pulled = list(self.grid.pull_messages(sorted(waiting)))
+            replies += pulled
+            waiting -= {m.metadata.reply_to_message_id for m in pulled}
+            if not waiting or time.monotonic() >= deadline:
+                break
+            time.sleep(self.poll_interval)
+        replies.sort(key=lambda m: m.metadata.src_node_id)
         self.traffic.seconds += time.perf_counter() - started
         self._count(replies)
         silent = {m.metadata.dst_node_id for m in messages} - {r.metadata.src_node_id for r in replies}

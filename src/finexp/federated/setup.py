@@ -93,7 +93,7 @@ def _local_federation(cfg: DictConfig, module: pl.LightningModule, datamodule: A
     from finexp.data.batching import PadCollator
     from finexp.federated import partition_rows
     from finexp.federated.app import make_client_app
-    from finexp.federated.client import LocalNode, client_loader, trainable_names
+    from finexp.federated.client import LocalNode, client_loader, node_seed, trainable_names
     from finexp.federated.grid import InProcessGrid
     from finexp.federated.partition import client_values, label_skew
     from finexp.federated.server import STATE_DIR, Federation
@@ -128,27 +128,31 @@ def _local_federation(cfg: DictConfig, module: pl.LightningModule, datamodule: A
     make_trainer = trainer_factory(cfg)
     names = trainable_names(module)
     collate = PadCollator(datamodule.tokenizer.pad_token_id)
-    nodes = {
-        i + 1: LocalNode(  # node ids start at 1 (Flower's SuperLink is node 0)
-            str(i),
+    names_of = client_values(groups, partitions) if groups is not None else None
+    # A node of a column partition is named for its institution(s), as a SuperNode is for its file (bank_a.csv:
+    # bank_a), so both draw the same batches (node_seed); otherwise for its partition's index.
+    node_names = ["+".join(v) for v in names_of] if names_of else [str(i) for i in range(len(partitions))]
+    nodes = {}
+    for i, (rows, name) in enumerate(zip(partitions, node_names, strict=True)):
+        seed = node_seed(cfg.seed, name)
+        nodes[i + 1] = LocalNode(  # node ids start at 1 (Flower's SuperLink is node 0)
+            name,
             module,
             names,
-            client_loader(train_set, rows, cfg.data.batch_size, collate, cfg.seed + 1000 * i, cfg.data.group_by_length),
+            client_loader(train_set, rows, cfg.data.batch_size, collate, seed, cfg.data.group_by_length),
             make_trainer,
             local_epochs=fed.local_epochs,
             rounds=fed.rounds,
             schedule=fed.schedule,
             dp=dp,
-            seed=cfg.seed + 1000 * i,
+            seed=seed,
         )
-        for i, rows in enumerate(partitions)
-    }
     labels = train_set.labels.numpy()
     num_labels = int(labels.max()) + 1 if len(labels) else 0
-    names_of = client_values(groups, partitions) if groups is not None else None
     clients = [
         {
             "cid": str(i),
+            "name": node_names[i],
             "rows": len(rows),
             "label_counts": np.bincount(labels[rows], minlength=num_labels).tolist(),
             **({"values": list(names_of[i])} if names_of else {}),
