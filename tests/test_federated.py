@@ -277,11 +277,72 @@ def test_column_partition_fedprox_and_client_dp_end_to_end(make_cfg, applicants_
         "federated.num_clients=3",
         "federated.dp.enabled=true",
         "federated.dp.epsilon=4",
+        "federated.central_dp.enabled=true",  # composes with client DP: the coordinator clips and noises again
+        "federated.central_dp.epsilon=6",
     )
     metrics = train(cfg)
     assert metrics["privacy/epsilon"] == pytest.approx(4.0, rel=0.02)
+    assert metrics["privacy/central_epsilon"] == pytest.approx(6.0, rel=0.02)
     record = json.loads((Path(cfg.paths.output_dir) / "federation.json").read_text())
     assert sorted(v for c in record["clients"] for v in c["values"]) == ["car", "education", "home"]
+    assert [c["name"] for c in record["clients"]] == ["+".join(c["values"]) for c in record["clients"]]
+    assert record["central_dp"]["clipping"] == "fixed"
+    assert record["central_dp"]["epsilon"] == pytest.approx(6.0, rel=0.02)
+    assert record["strategy"] == "FedProx + central DP (fixed clipping)"
+
+
+def _updates(federation, replies, start):
+    names = federation.names
+    return [[a - b for a, b in zip(ordered(r.content["arrays"], names), start, strict=True)] for r in replies]
+
+
+def _norm(arrays) -> float:
+    return float(np.sqrt(sum(np.square(a, dtype=np.float64).sum() for a in arrays)))
+
+
+def test_central_dp_clips_every_update_and_averages_them_unweighted(make_cfg, sentiment_csv):
+    federation = _federation(
+        make_cfg,
+        sentiment_csv,
+        "federated.partition=dirichlet",  # unequal row counts: a row-weighted mean would differ
+        "federated.alpha=1.0",
+        "optimizer.lr=3e-3",
+        "federated.central_dp.enabled=true",
+        "federated.central_dp.epsilon=null",
+        "federated.central_dp.noise_multiplier=0",
+        "federated.central_dp.clipping_norm=0.05",
+    )
+    start = ordered(federation.initial_arrays(), federation.names)
+    aggregated, record = federation.fit_round(1, federation.initial_arrays())
+    updates = _updates(federation, federation.last_replies, start)  # the replies as clipped by the coordinator
+    assert [_norm(u) for u in updates] == pytest.approx([0.05] * 3, rel=1e-4)  # each one was longer, now clipped
+    assert len({c["rows"] for c in federation.clients}) > 1 and record.clipping_norm == 0.05
+    for got, old, *per_node in zip(ordered(aggregated, federation.names), start, *updates, strict=True):
+        np.testing.assert_allclose(got, old + sum(per_node) / 3, rtol=1e-5, atol=1e-7)
+
+
+def test_central_dp_adaptive_noise_follows_the_bound_that_clipped_the_round(make_cfg, sentiment_csv):
+    federation = _federation(
+        make_cfg,
+        sentiment_csv,
+        "optimizer.lr=3e-3",
+        "federated.central_dp.enabled=true",
+        "federated.central_dp.clipping=adaptive",
+        "federated.central_dp.epsilon=null",
+        "federated.central_dp.noise_multiplier=1.0",
+        "federated.central_dp.clipping_norm=0.05",
+        "federated.central_dp.clipped_count_stddev=1.0",  # Flower's default (nodes / 20) is too small for 3 nodes
+    )
+    start = ordered(federation.initial_arrays(), federation.names)
+    aggregated, record = federation.fit_round(1, federation.initial_arrays())
+    wrapper = federation.strategy
+    assert record.clipping_norm == 0.05 and wrapper.clipping_norm != 0.05  # the bound moved for round 2
+    updates = _updates(federation, federation.last_replies, start)
+    mean = [old + sum(per_node) / 3 for old, *per_node in zip(start, *updates, strict=True)]
+    noise = np.concatenate([(g - m).ravel() for g, m in zip(ordered(aggregated, federation.names), mean, strict=True)])
+    # ~1M coordinates: the noise's std is pinned to well under 1 %, and it is z * (the bound used) / n
+    assert noise.std() == pytest.approx(wrapper.noise_multiplier * 0.05 / 3, rel=0.01)
+    assert abs(noise.mean()) < 1e-4
 
 
 @pytest.mark.parametrize(
@@ -290,7 +351,9 @@ def test_column_partition_fedprox_and_client_dp_end_to_end(make_cfg, applicants_
         (["federated.num_clients=1"], "federated.num_clients"),
         (["federated.partition=column"], "partition_column"),
         (["federated.partition=by_bank"], "federated.partition"),
-        (["privacy=dp_sgd"], "federated.dp.enabled"),
+        (["privacy=dp_sgd", "federated.dp.enabled=true"], "two guarantees"),
+        (["federated.central_dp.enabled=true", "federated.central_dp.noise_multiplier=1.0"], "exactly one"),
+        (["federated.central_dp.enabled=true", "federated.central_dp.clipping=median"], "central_dp.clipping"),
         (["federated.dp.enabled=true", "federated.dp.noise_multiplier=1.0"], "exactly one"),
         (["trainer=ddp_cpu"], "trainer.devices"),
     ],
@@ -299,3 +362,29 @@ def test_bad_federated_configs_are_rejected(make_cfg, overrides, message):
     cfg = make_cfg("federated=fedavg", *overrides)
     with pytest.raises(ConfigError, match=message):
         validate_config(cfg)
+
+
+def test_dp_sgd_inside_every_node_spends_its_budget_over_all_rounds(make_cfg, sentiment_csv):
+    cfg = make_cfg(
+        *text_task(sentiment_csv),
+        *FED,
+        "federated.num_clients=2",
+        "privacy=dp_sgd",
+        "privacy.epsilon=8",
+        "adapter=lora",
+        "data.batch_size=8",
+    )
+    metrics = train(cfg)
+    record = json.loads((Path(cfg.paths.output_dir) / "federation.json").read_text())
+    nodes = record["node_privacy"]
+    assert sorted(nodes) == ["0", "1"]
+    for client in record["clients"]:
+        node = nodes[client["name"]]
+        # Poisson batches of expected size 8: round(rows / 8) steps per epoch; the accountant went through the
+        # node's Context.state from round 1 to round 2, so round 2's ε covers both rounds' steps
+        assert node["steps"] == 2 * round(client["rows"] / 8)
+        assert node["sample_rate"] == pytest.approx(8 / client["rows"])
+        assert node["epsilon"] == pytest.approx(8.0, rel=0.05)  # the noise was solved for the whole federation
+        assert node["noise_multiplier"] > 0.3 and node["delta"] == pytest.approx(1 / client["rows"])
+    assert metrics["privacy/epsilon"] == max(n["epsilon"] for n in nodes.values())
+    assert metrics["privacy/mechanism"].startswith("DP-SGD on every node")

@@ -401,14 +401,15 @@ def _validate_federated(cfg: DictConfig) -> None:
         if dp.epsilon is not None:
             _require(dp.epsilon > 0, "federated.dp.epsilon", dp.epsilon, "must be > 0")
         _require(0 < dp.delta < 1, "federated.dp.delta", dp.delta, "must be in (0, 1)")
+    _validate_central_dp(fed.central_dp)
     kind = cfg.model.kind
     _require(kind == "transformer", "model.kind", kind, "federated runs fine-tune a transformer (not a baseline)")
-    _require(
-        cfg.privacy.name != "dp_sgd",
-        "privacy.name",
-        cfg.privacy.name,
-        "dp_sgd is not wired into federated clients; use federated.dp.enabled=true (client-level DP)",
-    )
+    if cfg.privacy.name == "dp_sgd" and dp.enabled:
+        raise ConfigError(
+            "privacy=dp_sgd (DP-SGD on every node, record-level) and federated.dp.enabled=true (client-level clip "
+            "and noise of each update) are two guarantees for one privacy/epsilon; choose one "
+            "(federated.central_dp composes with either)"
+        )
     method = cfg.method.name
     _require(method == "finetune", "method.name", method, "federated clients train with method=finetune")
     trainer = cfg.trainer
@@ -416,6 +417,28 @@ def _validate_federated(cfg: DictConfig) -> None:
     _require(devices in (1, "1", "auto"), "trainer.devices", devices, "must be 1 with federated (one process)")
     _require(strategy == "auto", "trainer.strategy", strategy, "must be auto with federated (one process)")
     _require(cfg.ckpt_path is None, "ckpt_path", cfg.ckpt_path, "federated runs cannot resume mid-federation yet")
+
+
+def _validate_central_dp(dp: DictConfig) -> None:
+    """``federated.central_dp``: Flower's server-side clipping wrappers and the noise (or ε) they add."""
+    if not dp.enabled:
+        return
+    if (dp.noise_multiplier is None) == (dp.epsilon is None):
+        raise ConfigError(
+            "federated.central_dp needs exactly one of federated.central_dp.epsilon (noise solved for it) and "
+            "federated.central_dp.noise_multiplier; set the other to null"
+        )
+    key = "federated.central_dp"
+    _require(dp.clipping in ("fixed", "adaptive"), f"{key}.clipping", dp.clipping, "choose fixed or adaptive")
+    _require(dp.clipping_norm > 0, f"{key}.clipping_norm", dp.clipping_norm, "must be > 0")
+    if dp.noise_multiplier is not None:
+        _require(dp.noise_multiplier >= 0, f"{key}.noise_multiplier", dp.noise_multiplier, "must be >= 0")
+    if dp.epsilon is not None:
+        _require(dp.epsilon > 0, f"{key}.epsilon", dp.epsilon, "must be > 0")
+    _require(0 < dp.delta < 1, f"{key}.delta", dp.delta, "must be in (0, 1)")
+    quantile = dp.target_clipped_quantile
+    _require(0 <= quantile <= 1, f"{key}.target_clipped_quantile", quantile, "must be in [0, 1]")
+    _require(dp.clip_norm_lr > 0, f"{key}.clip_norm_lr", dp.clip_norm_lr, "must be > 0")
 
 
 def _validate_baseline(cfg: DictConfig) -> None:

@@ -419,6 +419,22 @@ class FederatedDPConfig:
 
 
 @dataclass
+class FederatedCentralDPConfig:
+    """Central DP of a federated run: the coordinator clips each node's update and noises their unweighted mean
+    (Flower's server-side fixed or adaptive clipping strategy wrappers)."""
+
+    enabled: bool = False
+    clipping: str = "fixed"  # fixed | adaptive (the bound follows a quantile of the nodes' update norms)
+    clipping_norm: float = 1.0  # L2 bound on one node's update per round (adaptive: the initial bound)
+    noise_multiplier: float | None = None  # noise std / clipping_norm on the sum of updates; null: solved for epsilon
+    epsilon: float | None = 8.0  # target ε per node over all rounds; null with noise_multiplier
+    delta: float = 1.0e-5
+    target_clipped_quantile: float = 0.5  # adaptive: the share of updates the bound should clip
+    clip_norm_lr: float = 0.2  # adaptive: how fast the bound moves
+    clipped_count_stddev: float | None = None  # adaptive: noise on the clipped count (> noise/2); null: nodes/20
+
+
+@dataclass
 class FederatedConfig:
     """``federated=fedavg|...``: institutions fine-tune one model on Flower's Message API (finexp.federated)."""
 
@@ -433,6 +449,7 @@ class FederatedConfig:
     schedule: str = "global"  # global: the lr schedule spans all rounds | round: it restarts every round
     strategy: Any = MISSING  # a Flower Message-API strategy (flwr.serverapp.strategy.*, ``_partial_: true``)
     dp: FederatedDPConfig = field(default_factory=FederatedDPConfig)
+    central_dp: FederatedCentralDPConfig = field(default_factory=FederatedCentralDPConfig)
     runtime: str = "inprocess"  # inprocess (nodes in this process) | deployment (a SuperLink and SuperNodes)
     superlink: str | None = None  # runtime=deployment: host:port of the SuperLink's Control API (flwr run; :9093)
     root_certificates: str | None = None  # runtime=deployment: CA certificate (PEM) of a TLS SuperLink; null: insecure

@@ -23,6 +23,9 @@ from finexp import FinexpError
 from finexp.federated.client import LocalNode
 
 NodeResolver = Callable[[Context], LocalNode]
+# The node's own state between rounds, in its Flower Context.state (a SuperNode keeps it across the ClientApp
+# processes it starts, one per message): DP-SGD's accountant history, flattened (noise, sample rate, steps, ...).
+DP_SGD_STATE = "finexp-dp-sgd"
 
 
 def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
@@ -55,6 +58,12 @@ def _single(records: Mapping[str, object], kind: str) -> tuple[str, object]:
     return next(iter(records.items()))
 
 
+def _load_history(context: Context) -> list[tuple]:
+    record = context.state.config_records.get(DP_SGD_STATE)
+    flat = list(record["history"]) if record is not None else []  # type: ignore[arg-type]
+    return [(float(flat[i]), float(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)]
+
+
 def make_client_app(node_for: NodeResolver, mods: Sequence[Callable] = ()) -> ClientApp:
     """The ``ClientApp`` training whatever node ``node_for(context)`` names on each ``train`` message.
 
@@ -70,7 +79,11 @@ def make_client_app(node_for: NodeResolver, mods: Sequence[Callable] = ()) -> Cl
         configs = message.content.config_records
         config = dict(next(iter(configs.values()))) if configs else {}
         node = node_for(context)
+        node.dp_history = _load_history(context)
         new, rows, metrics = node.train(from_record(arrays), config)  # type: ignore[arg-type]
+        if node.dp_history:
+            flat = [float(x) for entry in node.dp_history for x in entry]
+            context.state[DP_SGD_STATE] = ConfigRecord({"history": flat})
         content = RecordDict(
             {
                 key: to_record(new),

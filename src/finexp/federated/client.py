@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import secrets
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, clip_inputs_inplace
+from flwr.supercore.differential_privacy import clip_inputs_inplace
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 from torch.optim.lr_scheduler import LambdaLR
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader
 
 from finexp import FinexpError
 from finexp.data.batching import LengthGroupedSampler, PadCollator, TokenizedDataset
+from finexp.privacy.sampling import PoissonBatchSampler
 
 log = logging.getLogger("finexp")
 
@@ -135,7 +137,11 @@ class ClientDP:
         norm = math.sqrt(sum(float(np.square(u, dtype=np.float64).sum()) for u in update))
         clip_inputs_inplace(update, self.clipping_norm)
         if self.noise_multiplier > 0:
-            add_gaussian_noise_inplace(update, self.noise_multiplier * self.clipping_norm)
+            # Fresh OS entropy, not the node's seeded generators: the seed is in the run config the coordinator
+            # holds, and noise it can replay it can also subtract.
+            rng = np.random.default_rng()
+            std = self.noise_multiplier * self.clipping_norm
+            update = [u + rng.normal(0.0, std, np.shape(u)).astype(u.dtype) for u in update]
         return [o + u for o, u in zip(old, update, strict=True)], norm
 
     @classmethod
@@ -159,6 +165,72 @@ class ClientDP:
         accountant = RDPAccountant()
         accountant.history = [(self.noise_multiplier, 1.0, rounds)]
         return float(accountant.get_epsilon(delta=delta, alphas=RDP_ORDERS))
+
+
+class _UnseededNoise(pl.Callback):
+    """DP-SGD's noise from fresh OS entropy: a node's dropout and batches are seeded by (run seed, name, round), which
+    the coordinator knows from the run config; noise it could replay would protect nothing. Runs after
+    :class:`~finexp.privacy.dp_sgd.DPSGD` wrapped the optimizer (Opacus' ``secure_mode`` already draws its own)."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from opacus.optimizers import DPOptimizer
+
+        for optimizer in trainer.strategy.optimizers:
+            if isinstance(optimizer, DPOptimizer) and not optimizer.secure_mode:
+                device = next(p.device for group in optimizer.param_groups for p in group["params"])
+                optimizer.generator = torch.Generator(device=device).manual_seed(secrets.randbits(63))
+
+
+@dataclass
+class NodeDPSGD:
+    """DP-SGD inside every node's local rounds: the run's ``privacy=dp_sgd`` (Opacus, the same
+    :class:`~finexp.privacy.dp_sgd.DPSGD` callback as a central run) on the node's own rows.
+
+    The budget spans the whole federation: with ``epsilon``, the noise is solved once for all the node's steps
+    (``rounds x local_epochs x`` Poisson batches per epoch), and the accountant's history is carried from round to
+    round (in the node's Flower ``Context.state``), so the ε a node reports after round ``r`` covers every step it
+    took. The guarantee is record-level, for the node's rows, against everyone who sees its updates (the
+    coordinator included); the aggregate is post-processing.
+    """
+
+    max_grad_norm: float = 1.0
+    noise_multiplier: float | None = None
+    epsilon: float | None = None
+    delta: float | None = None  # None: 1 / the node's rows
+    accountant: str = "rdp"
+    secure_mode: bool = False
+
+    def callback(self, rows: int, sample_rate: float, steps: int, history: Sequence[tuple]) -> Any:
+        """This round's DPSGD callback, its accountant holding the node's earlier rounds."""
+        from finexp.privacy.dp_sgd import DPSGD
+
+        delta = self.delta if self.delta is not None else 1.0 / rows
+        noise = self.noise_multiplier
+        if noise is None:
+            assert self.epsilon is not None
+            noise = 0.0 if math.isinf(self.epsilon) else self._solve(delta, sample_rate, steps)
+        dpsgd = DPSGD(self.max_grad_norm, noise_multiplier=noise, delta=delta, accountant=self.accountant)
+        dpsgd.secure_mode = self.secure_mode
+        dpsgd.accountant.history = [tuple(entry) for entry in history]
+        return dpsgd
+
+    def _solve(self, delta: float, sample_rate: float, steps: int) -> float:
+        try:
+            return float(
+                get_noise_multiplier(
+                    target_epsilon=self.epsilon,
+                    target_delta=delta,
+                    sample_rate=sample_rate,
+                    steps=steps,
+                    accountant=self.accountant,
+                    epsilon_tolerance=0.01,
+                )
+            )
+        except ValueError as err:
+            raise FinexpError(
+                f"privacy.epsilon={self.epsilon} cannot be reached on a node at δ={delta:.3g} over {steps} steps "
+                f"at sample rate {sample_rate:.4f}: {err}"
+            ) from err
 
 
 @contextlib.contextmanager
@@ -195,7 +267,12 @@ class LocalNode:
         rounds: rounds in the whole run (for a schedule spanning all rounds).
         schedule: ``global`` (one schedule across rounds) or ``round`` (the schedule restarts every round).
         dp: client-side DP of the update; None: none.
-        seed: seeds the node's dropout and noise in each round (with the round number).
+        seed: seeds the node's batches and dropout in each round (with the round number); never DP noise.
+        dp_sgd: DP-SGD in the local rounds (``loader`` must then give Poisson-sampled batches); None: none.
+
+    Attributes:
+        dp_history: DP-SGD's accountant history (``(noise, sample rate, steps)`` entries) of the node's rounds so far;
+            the ClientApp loads it from and saves it to the node's ``Context.state``.
     """
 
     def __init__(
@@ -210,6 +287,7 @@ class LocalNode:
         schedule: str = "global",
         dp: ClientDP | None = None,
         seed: int = 0,
+        dp_sgd: NodeDPSGD | None = None,
     ) -> None:
         self.name = name
         self.module = module
@@ -221,6 +299,8 @@ class LocalNode:
         self.schedule = schedule
         self.dp = dp
         self.seed = seed
+        self.dp_sgd = dp_sgd
+        self.dp_history: list[tuple] = []
 
     def train(
         self, arrays: Mapping[str, np.ndarray], config: Mapping[str, Any]
@@ -248,8 +328,14 @@ class LocalNode:
         if mu > 0:
             params = dict(self.module.named_parameters())
             callbacks.append(ProximalTerm(mu, {n: params[n].detach().clone() for n in self.names}))
-        trainer = self.make_trainer(max_epochs=self.local_epochs, callbacks=callbacks, limit_val_batches=0)
         loader = self.loader(server_round)
+        dpsgd = None
+        if self.dp_sgd is not None:
+            sampler = loader.batch_sampler
+            steps = self.rounds * self.local_epochs * len(sampler)  # type: ignore[arg-type]
+            dpsgd = self.dp_sgd.callback(len(loader.dataset), sampler.sample_rate, steps, self.dp_history)  # type: ignore[union-attr]
+            callbacks += [dpsgd, _UnseededNoise()]
+        trainer = self.make_trainer(max_epochs=self.local_epochs, callbacks=callbacks, limit_val_batches=0)
         base = self.module.scheduler_factory
         if base is not None and self.schedule == "global":
             self.module.scheduler_factory = RoundSchedule(base, self.rounds, server_round)
@@ -263,6 +349,15 @@ class LocalNode:
             if self.dp is not None:
                 new, norm = self.dp.apply(new, old)
                 metrics["update_norm"] = norm
+        if dpsgd is not None:
+            self.dp_history = [tuple(entry) for entry in dpsgd.accountant.history]
+            metrics |= {
+                "privacy-epsilon": dpsgd.epsilon(),
+                "privacy-delta": dpsgd.target_delta,
+                "privacy-noise-multiplier": float(dpsgd.noise_multiplier),
+                "privacy-sample-rate": float(dpsgd.sample_rate),
+                "privacy-steps": dpsgd.steps,
+            }
         return dict(zip(self.names, new, strict=True)), len(loader.dataset), metrics
 
 
@@ -273,13 +368,18 @@ def client_loader(
     collate: PadCollator,
     seed: int,
     group_by_length: bool = True,
+    poisson: bool = False,
 ) -> Callable[[int], DataLoader]:
-    """``server_round -> DataLoader`` over a node's rows: length-grouped, a new order every round."""
+    """``server_round -> DataLoader`` over a node's rows: length-grouped (``poisson``: Poisson-sampled batches, what
+    DP-SGD's accounting assumes), a new draw every round."""
     starts, ends = dataset.offsets[:-1], dataset.offsets[1:]
     ids = [dataset.ids[starts[i] : ends[i]].tolist() for i in rows]
     subset = TokenizedDataset(ids, dataset.labels[list(rows)].tolist())
 
     def loader(server_round: int) -> DataLoader:
+        if poisson:
+            batches = PoissonBatchSampler(len(subset), batch_size, seed=seed + 7919 * server_round)
+            return DataLoader(subset, batch_sampler=batches, collate_fn=collate)
         sampler = LengthGroupedSampler(
             subset.lengths, batch_size, seed=seed + 7919 * server_round, window_batches=50 if group_by_length else 0
         )

@@ -34,8 +34,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from finexp import FinexpError
 from finexp.federated.app import make_client_app
-from finexp.federated.client import LocalNode, client_loader, node_seed, set_arrays, trainable_names
-from finexp.federated.server import STATE_DIR, FederationResult, RoundRecord
+from finexp.federated.client import ClientDP, LocalNode, client_loader, node_seed, set_arrays, trainable_names
+from finexp.federated.server import STATE_DIR, CentralDP, FederationResult, RoundRecord
 
 log = logging.getLogger("finexp")
 
@@ -78,7 +78,7 @@ def _deployed_node(context: Context) -> LocalNode:
     if context.run_id in _NODES:
         return _NODES[context.run_id]
     from finexp.data.batching import PadCollator
-    from finexp.federated.setup import client_dp_from, trainer_factory
+    from finexp.federated.setup import client_dp_from, node_dp_sgd_from, trainer_factory
 
     data = context.node_config.get("data")
     if not isinstance(data, str) or not Path(data).is_file():
@@ -104,13 +104,16 @@ def _deployed_node(context: Context) -> LocalNode:
         name,
         module,
         trainable_names(module),
-        client_loader(train_set, rows, cfg.data.batch_size, batching, seed, cfg.data.group_by_length),
+        client_loader(
+            train_set, rows, cfg.data.batch_size, batching, seed, cfg.data.group_by_length, cfg.privacy.name == "dp_sgd"
+        ),
         trainer_factory(cfg),
         local_epochs=fed.local_epochs,
         rounds=fed.rounds,
         schedule=fed.schedule,
         dp=client_dp_from(cfg),
         seed=seed,
+        dp_sgd=node_dp_sgd_from(cfg),
     )
     _NODES[context.run_id] = node
     return node
@@ -273,16 +276,23 @@ class DeploymentRun:
         best = arrays("best.npz")
         set_arrays(self.module, names, best)
         clients = sorted({c for r in history for c in r.clients})
+        client_dp = dict(state.get("client_dp") or {})
+        delta = client_dp.pop("delta", None)
+        central = state.get("central_dp")
         return FederationResult(
             names,
             history,
             int(state["best_round"]),
             best,
             arrays("global.npz"),
-            [{"cid": c} for c in clients],
+            [{"cid": c, "name": c} for c in clients],
             None,  # the coordinator never sees the nodes' labels
+            dp=ClientDP(**client_dp) if client_dp else None,
+            dp_delta=delta,
             runtime="deployment",
             strategy=state["strategy"],
+            central_dp=CentralDP(**central) if central else None,
+            node_privacy=state.get("node_privacy") or {},
         )
 
 

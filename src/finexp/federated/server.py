@@ -35,7 +35,11 @@ import numpy as np
 import pytorch_lightning as pl
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    Strategy,
+)
 from torch.utils.data import DataLoader
 
 from finexp import FinexpError
@@ -51,6 +55,98 @@ STATE_DIR = "federation_state"
 STRATEGY_STATE = ("m_t", "v_t")
 
 
+# The metric central DP aggregates by: every node weighs 1 (set by the coordinator, not taken from the nodes), since
+# a mean weighted by the nodes' row counts would give a large node more than its 1/n share of the sensitivity.
+UNIT_WEIGHT = "finexp-central-dp-weight"
+
+
+class _AdaptiveClipping(DifferentialPrivacyServerSideAdaptiveClipping):
+    """Flower's server-side adaptive clipping, with the noise scaled to the bound that clipped this round's updates.
+
+    flwr 1.32 updates the bound (for the next round) before it adds the noise, so the noise follows the new bound:
+    when the bound shrinks, the mean gets up to ``exp(clip_norm_lr * target_clipped_quantile)`` times too little
+    noise for the sensitivity of the updates it averaged. Here the noise uses the bound the updates were clipped to.
+    """
+
+    def aggregate_train(self, server_round: int, replies: Any) -> Any:
+        self._clipped_to = self.clipping_norm
+        return super().aggregate_train(server_round, replies)
+
+    def _add_noise_to_aggregated_arrays(self, aggregated: ArrayRecord) -> ArrayRecord:
+        updated, self.clipping_norm = self.clipping_norm, self._clipped_to
+        try:
+            return super()._add_noise_to_aggregated_arrays(aggregated)
+        finally:
+            self.clipping_norm = updated
+
+
+@dataclass
+class CentralDP:
+    """Central DP (DP-FedAvg, McMahan et al. 2018): the coordinator clips each node's update to ``clipping_norm`` and
+    adds Gaussian noise of ``noise_multiplier * clipping_norm / n`` to the unweighted mean of the ``n`` updates,
+    with Flower's server-side clipping wrappers (``fixed``; ``adaptive``: Andrew et al. 2021, the bound follows the
+    ``target_clipped_quantile`` of the update norms).
+
+    The guarantee is per node (a node's whole contribution), against anyone who sees the global models; the
+    coordinator itself sees the clear updates. The noise is drawn from fresh OS entropy, never from the run's seed:
+    anyone holding the config could otherwise regenerate and subtract it.
+    """
+
+    clipping_norm: float
+    noise_multiplier: float
+    delta: float
+    clipping: str = "fixed"
+    target_clipped_quantile: float = 0.5
+    clip_norm_lr: float = 0.2
+    clipped_count_stddev: float | None = None
+
+    def wrap(self, strategy: Strategy, num_sampled: int) -> Strategy:
+        """``strategy`` inside Flower's server-side clipping wrapper, aggregating by :data:`UNIT_WEIGHT`."""
+        if not hasattr(strategy, "weighted_by_key"):
+            raise FinexpError(
+                f"federated.central_dp needs a strategy that averages updates (FedAvg, FedProx, FedAdam, ...); "
+                f"{type(strategy).__name__} selects or trims them, so the noise calibrated to a mean does not apply"
+            )
+        strategy.weighted_by_key = UNIT_WEIGHT
+        if self.clipping == "fixed":
+            return DifferentialPrivacyServerSideFixedClipping(
+                strategy, self.noise_multiplier, self.clipping_norm, num_sampled
+            )
+        try:
+            return _AdaptiveClipping(
+                strategy,
+                self.noise_multiplier,
+                num_sampled,
+                initial_clipping_norm=self.clipping_norm,
+                target_clipped_quantile=self.target_clipped_quantile,
+                clip_norm_lr=self.clip_norm_lr,
+                clipped_count_stddev=self.clipped_count_stddev,
+            )
+        except ValueError as err:  # the noise of the clipped count takes part of the budget: it must be large enough
+            raise FinexpError(
+                f"federated.central_dp.clipping=adaptive: {err} Set federated.central_dp.clipped_count_stddev above "
+                f"noise_multiplier / 2 = {self.noise_multiplier / 2:.3g}"
+            ) from err
+
+    def epsilon(self, rounds: int) -> float:
+        """ε per node over ``rounds`` noisy means: one Gaussian mechanism of noise ``noise_multiplier`` per round
+        (RDP accountant; sample rate 1: Flower samples a fixed number of nodes, not Poisson, so no amplification by
+        sampling is claimed; adaptive clipping's noisy count is within the same budget, as Flower splits it)."""
+        return ClientDP(self.clipping_norm, self.noise_multiplier).epsilon(self.delta, rounds)
+
+
+@contextmanager
+def _fresh_noise() -> Iterator[None]:
+    """NumPy's global generator (what Flower's DP wrappers draw from) seeded from OS entropy inside, restored after:
+    the run seeds it (``pl.seed_everything``), and noise anyone with the config could replay protects nothing."""
+    state = np.random.get_state()
+    np.random.seed(None)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 @dataclass
 class RoundRecord:
     """What one round did: the global model's val metrics after it, the bytes it moved, its nodes and failures."""
@@ -64,6 +160,7 @@ class RoundRecord:
     seconds: float = 0.0  # wall time of the round: configure, deliver, train, reply, aggregate
     eval_seconds: float = 0.0  # scoring the global model on the coordinator's val split
     failures: list[dict[str, Any]] = field(default_factory=list)
+    clipping_norm: float | None = None  # central DP: the bound this round's updates were clipped to
 
 
 @dataclass
@@ -83,6 +180,8 @@ class FederationResult:
     runtime: str = "inprocess"
     strategy: str = ""
     resumed_from: int | None = None  # the round a resumed federation found done
+    central_dp: CentralDP | None = None
+    node_privacy: dict[str, dict[str, Any]] = field(default_factory=dict)  # DP-SGD on each node: its ε, δ, noise
 
     def epsilon(self) -> float | None:
         """ε each client spent (every client trains in every round with ``fraction_train=1``; a bound otherwise)."""
@@ -115,6 +214,22 @@ class FederationResult:
             out["federated/resumed_from_round"] = self.resumed_from
         if self.best_checkpoint is not None and Path(self.best_checkpoint).is_file():
             out["checkpoint/size_mb"] = Path(self.best_checkpoint).stat().st_size / 2**20
+        if self.central_dp is not None:
+            out |= {
+                "privacy/central_epsilon": self.central_dp.epsilon(len(trained)),
+                "privacy/central_delta": self.central_dp.delta,
+                "privacy/central_noise_multiplier": self.central_dp.noise_multiplier,
+                "privacy/central_clipping_norm": trained[-1].clipping_norm if trained else None,
+                "privacy/central_mechanism": f"central DP-FedAvg ({self.central_dp.clipping} clipping on the "
+                "coordinator, Gaussian noise on the unweighted mean)",
+            }
+        if self.node_privacy:
+            epsilons = [p["epsilon"] for p in self.node_privacy.values()]
+            out |= {
+                "privacy/epsilon": max(epsilons),  # the guarantee every node's rows have
+                "privacy/delta": max(p["delta"] for p in self.node_privacy.values()),
+                "privacy/mechanism": "DP-SGD on every node (record-level; the largest ε of any node)",
+            }
         if self.dp is not None:
             out |= {
                 "privacy/epsilon": self.epsilon(),
@@ -124,6 +239,12 @@ class FederationResult:
                 "privacy/mechanism": "client-side DP-FedAvg (clip + Gaussian noise per update)",
             }
         return out
+
+    def central_record(self) -> dict[str, Any]:
+        """Central DP's settings and the ε it spent (``federation.json``)."""
+        assert self.central_dp is not None
+        trained = [r for r in self.rounds if r.round > 0]
+        return {**asdict(self.central_dp), "epsilon": self.central_dp.epsilon(len(trained))}
 
     def write(self, path: str | Path) -> None:
         """``federation.json``: the clients (rows, labels, column values) and every round's metrics and bytes."""
@@ -137,6 +258,8 @@ class FederationResult:
             "rounds": [asdict(r) for r in self.rounds],
             **({"resumed_from_round": self.resumed_from} if self.resumed_from is not None else {}),
             **({"epsilon": self.epsilon(), "delta": self.dp_delta} if self.dp is not None else {}),
+            **({"central_dp": self.central_record()} if self.central_dp is not None else {}),
+            **({"node_privacy": self.node_privacy} if self.node_privacy else {}),
         }
         Path(path).write_text(json.dumps(record, indent=2, default=float))
 
@@ -179,6 +302,7 @@ class Federation:
         node_names: names of the nodes by node id (for the round records).
         label_skew: the partitions' label skew (None when the coordinator cannot know it: a deployment).
         dp: client-side DP of each update; ``dp_delta`` is the δ its ε is stated at.
+        central_dp: central DP on the coordinator (the strategy inside Flower's server-side clipping wrapper).
         seed: seeds node sampling (with the round number).
         timeout: seconds to wait for the nodes' replies in a round.
         accept_failures: a round goes on with the nodes that answered (the failures are recorded); False: any
@@ -208,6 +332,7 @@ class Federation:
         label_skew: float | None = None,
         dp: ClientDP | None = None,
         dp_delta: float | None = None,
+        central_dp: CentralDP | None = None,
         seed: int = 0,
         timeout: float = 3600.0,
         accept_failures: bool = False,
@@ -231,6 +356,8 @@ class Federation:
         self.node_names = dict(node_names or {})
         self.label_skew = label_skew
         self.dp, self.dp_delta = dp, dp_delta
+        self.central_dp = central_dp
+        self.node_privacy: dict[str, dict[str, Any]] = {}
         self.seed = seed
         self.timeout = timeout
         self.accept_failures = accept_failures
@@ -255,7 +382,11 @@ class Federation:
             raise FinexpError(
                 f"federated.strategy built a {type(built).__qualname__}, not a flwr.serverapp.strategy.Strategy"
             )
-        self.strategy = built
+        self.inner = built  # the aggregation itself (what holds FedAdam's moments)
+        self.strategy: Strategy = built
+        if central_dp is not None:
+            fraction = float(getattr(built, "fraction_train", 1.0))
+            self.strategy = central_dp.wrap(built, max(int(num_nodes * fraction), min_train_nodes))
         self.grid = MeteredGrid(grid) if grid is not None else None
         self._evaluator: pl.Trainer | None = None
         self.last_replies: list[Message] = []  # the latest round's node answers (content replies)
@@ -302,13 +433,43 @@ class Federation:
             raise FinexpError(f"round {server_round}: no node answered ({len(record.failures)} failed)")
         record.clients = [self._reply_name(r) for r in answered]
         self.last_replies = answered
-        aggregated, metrics = self.strategy.aggregate_train(server_round, replies)
+        self._node_privacy(answered)
+        if self.central_dp is None:
+            aggregated, metrics = self.strategy.aggregate_train(server_round, replies)
+        else:
+            aggregated, metrics = self._aggregate_privately(server_round, answered, record)
         if aggregated is None:
             raise FinexpError(f"round {server_round}: the strategy returned no parameters")
         if metrics is not None and "train_loss" in metrics:
             record.train_loss = float(metrics["train_loss"])  # type: ignore[arg-type]
         record.seconds = time.perf_counter() - started
         return aggregated, record
+
+    def _aggregate_privately(self, server_round: int, answered: list[Message], record: RoundRecord) -> tuple[Any, Any]:
+        """Central DP's aggregate: every update clipped, the unweighted mean noised (fresh entropy)."""
+        expected = int(self.strategy.num_sampled_clients)  # type: ignore[attr-defined]
+        if len(answered) < expected:
+            raise FinexpError(
+                f"round {server_round}: {len(answered)} of {expected} sampled nodes answered; federated.central_dp "
+                f"calibrates its noise to the mean of {expected} updates, and a mean of fewer would get too little"
+            )
+        for reply in answered:  # every node weighs 1, whatever it says its row count is
+            for metrics in reply.content.metric_records.values():
+                metrics[UNIT_WEIGHT] = 1.0
+        record.clipping_norm = float(self.strategy.clipping_norm)  # type: ignore[attr-defined]
+        with _fresh_noise():
+            return self.strategy.aggregate_train(server_round, answered)
+
+    def _node_privacy(self, answered: list[Message]) -> None:
+        """DP-SGD's ε each node reports (``privacy-epsilon``, ``privacy-delta``, ...) after its latest round."""
+        for reply in answered:
+            metrics = reply.content.metric_records.get("metrics")
+            if metrics is not None and "privacy-epsilon" in metrics:
+                self.node_privacy[self._reply_name(reply)] = {
+                    key.removeprefix("privacy-").replace("-", "_"): float(value)  # type: ignore[arg-type]
+                    for key, value in metrics.items()
+                    if key.startswith("privacy-")
+                }
 
     def _name(self, node_id: int) -> str:
         return self.node_names.get(node_id, str(node_id))
@@ -371,11 +532,14 @@ class Federation:
         current, start, resumed = list(self.initial), 0, None
         saved = self._load_state()
         if saved is not None:
-            history, best_round, best_value, best, current, strategy_state = saved
+            history, best_round, best_value, best, current, strategy_state, extra = saved
             resumed = history[-1].round
             start = resumed + 1
             for name, value in strategy_state.items():
-                setattr(self.strategy, name, value)
+                setattr(self.inner, name, value)
+            self.node_privacy = extra.get("node_privacy") or {}
+            if extra.get("clipping_norm") is not None and self.central_dp is not None:
+                self.strategy.clipping_norm = float(extra["clipping_norm"])  # type: ignore[attr-defined]
             log.info("federation: resuming after round %d of %d from %s", resumed, self.rounds, self.state_dir)
             for record in history:
                 self._log(record)
@@ -407,9 +571,17 @@ class Federation:
             self.dp,
             self.dp_delta,
             runtime=self.runtime,
-            strategy=type(self.strategy).__name__,
+            strategy=self._strategy_name(),
             resumed_from=resumed,
+            central_dp=self.central_dp,
+            node_privacy=self.node_privacy,
         )
+
+    def _strategy_name(self) -> str:
+        name = type(self.inner).__name__
+        if self.central_dp is not None:
+            return f"{name} + central DP ({self.central_dp.clipping} clipping)"
+        return name
 
     # --- state --------------------------------------------------------------------------------------------------
 
@@ -431,7 +603,7 @@ class Federation:
         np.savez(tmp / "best.npz", **{f"p{i}": a for i, a in enumerate(best)})
         moments = {}
         for attr in STRATEGY_STATE:
-            value = getattr(self.strategy, attr, None)
+            value = getattr(self.inner, attr, None)
             if isinstance(value, dict):
                 moments |= {f"{attr}/{k}": np.asarray(v) for k, v in value.items()}
         np.savez(tmp / "strategy.npz", **moments)
@@ -442,9 +614,13 @@ class Federation:
             "best_value": best_value,
             "names": self.names,
             "initial": _fingerprint(self.initial),
-            "strategy": type(self.strategy).__name__,
+            "strategy": self._strategy_name(),
             "config": self.config,
             "history": [asdict(r) for r in history],
+            "node_privacy": self.node_privacy,
+            "clipping_norm": getattr(self.strategy, "clipping_norm", None) if self.central_dp is not None else None,
+            "client_dp": {**asdict(self.dp), "delta": self.dp_delta} if self.dp is not None else None,
+            "central_dp": asdict(self.central_dp) if self.central_dp is not None else None,
         }
         (tmp / "state.json").write_text(json.dumps(state, indent=2, default=float))
         old = self.state_dir.with_name(self.state_dir.name + ".old")
@@ -474,7 +650,7 @@ class Federation:
             why = f"{', '.join(changed[:5])} differ" if changed else "another model or initialisation"
             log.info("federation: not resuming %s: it holds another run (%s)", self.state_dir, why)
             return None
-        if state.get("strategy") != type(self.strategy).__name__:
+        if state.get("strategy") != self._strategy_name():
             return None
 
         def arrays(name: str) -> list[np.ndarray]:
@@ -488,7 +664,9 @@ class Federation:
                 if attr in STRATEGY_STATE:
                     moments.setdefault(attr, {})[name] = data[key]
         history = [RoundRecord(**r) for r in state["history"]]
-        return history, int(state["best_round"]), state["best_value"], arrays("best.npz"), arrays("global.npz"), moments
+        extra = {"node_privacy": state.get("node_privacy"), "clipping_norm": state.get("clipping_norm")}
+        best_round, best_value = int(state["best_round"]), state["best_value"]
+        return history, best_round, best_value, arrays("best.npz"), arrays("global.npz"), moments, extra
 
 
 def save_checkpoints(

@@ -49,10 +49,30 @@ def trainer_factory(cfg: DictConfig) -> Any:
         "default_root_dir": cfg.paths.output_dir,
     }
 
+    if cfg.privacy.name == "dp_sgd":
+        base["gradient_clip_val"] = None  # DP-SGD clips each row's gradient instead (as finexp-train's trainer)
+
     def make_trainer(**overrides: Any) -> pl.Trainer:
         return instantiate(cfg.trainer, **{**base, **overrides})
 
     return make_trainer
+
+
+def node_dp_sgd_from(cfg: DictConfig) -> Any:
+    """``privacy=dp_sgd`` with ``federated=...``: DP-SGD in every node's local rounds (None: off)."""
+    from finexp.federated.client import NodeDPSGD
+
+    privacy = cfg.privacy
+    if privacy.name != "dp_sgd":
+        return None
+    return NodeDPSGD(
+        max_grad_norm=privacy.max_grad_norm,
+        noise_multiplier=privacy.noise_multiplier,
+        epsilon=privacy.epsilon,
+        delta=privacy.delta,
+        accountant=privacy.accountant,
+        secure_mode=privacy.secure_mode,
+    )
 
 
 def client_dp_from(cfg: DictConfig) -> Any:
@@ -65,6 +85,28 @@ def client_dp_from(cfg: DictConfig) -> Any:
     if fed.dp.noise_multiplier is not None:
         return ClientDP(fed.dp.clipping_norm, fed.dp.noise_multiplier)
     return ClientDP.for_epsilon(fed.dp.clipping_norm, fed.dp.epsilon, fed.dp.delta, fed.rounds)
+
+
+def central_dp_from(cfg: DictConfig) -> Any:
+    """``federated.central_dp``: the coordinator's clipping and noise (None: off)."""
+    from finexp.federated.client import ClientDP
+    from finexp.federated.server import CentralDP
+
+    dp = cfg.federated.central_dp
+    if not dp.enabled:
+        return None
+    noise = dp.noise_multiplier
+    if noise is None:  # the same accounting as CentralDP.epsilon: one Gaussian mechanism per round, sample rate 1
+        noise = ClientDP.for_epsilon(dp.clipping_norm, dp.epsilon, dp.delta, cfg.federated.rounds).noise_multiplier
+    return CentralDP(
+        clipping_norm=dp.clipping_norm,
+        noise_multiplier=float(noise),
+        delta=dp.delta,
+        clipping=dp.clipping,
+        target_clipped_quantile=dp.target_clipped_quantile,
+        clip_norm_lr=dp.clip_norm_lr,
+        clipped_count_stddev=dp.clipped_count_stddev,
+    )
 
 
 def federation_from(cfg: DictConfig, module: pl.LightningModule, datamodule: Any, loggers: list[Any]) -> Any:
@@ -125,6 +167,7 @@ def _local_federation(cfg: DictConfig, module: pl.LightningModule, datamodule: A
         min_rows=fed.min_rows,
     )
     dp = client_dp_from(cfg)
+    dp_sgd = node_dp_sgd_from(cfg)
     make_trainer = trainer_factory(cfg)
     names = trainable_names(module)
     collate = PadCollator(datamodule.tokenizer.pad_token_id)
@@ -139,13 +182,16 @@ def _local_federation(cfg: DictConfig, module: pl.LightningModule, datamodule: A
             name,
             module,
             names,
-            client_loader(train_set, rows, cfg.data.batch_size, collate, seed, cfg.data.group_by_length),
+            client_loader(
+                train_set, rows, cfg.data.batch_size, collate, seed, cfg.data.group_by_length, dp_sgd is not None
+            ),
             make_trainer,
             local_epochs=fed.local_epochs,
             rounds=fed.rounds,
             schedule=fed.schedule,
             dp=dp,
             seed=seed,
+            dp_sgd=dp_sgd,
         )
     labels = train_set.labels.numpy()
     num_labels = int(labels.max()) + 1 if len(labels) else 0
@@ -178,6 +224,7 @@ def _local_federation(cfg: DictConfig, module: pl.LightningModule, datamodule: A
         label_skew=label_skew(labels, partitions, num_labels),
         dp=dp,
         dp_delta=fed.dp.delta if dp is not None else None,
+        central_dp=central_dp_from(cfg),
         seed=cfg.seed,
         timeout=fed.get("timeout", 3600.0),
         accept_failures=fed.get("accept_failures", False),
@@ -222,6 +269,7 @@ def coordinator_from(
         loggers=loggers,
         dp=dp,
         dp_delta=fed.dp.delta if dp is not None else None,
+        central_dp=central_dp_from(cfg),
         seed=cfg.seed,
         timeout=fed.timeout,
         accept_failures=fed.accept_failures,
