@@ -450,7 +450,8 @@ class FederatedConfig:
     strategy: Any = MISSING  # a Flower Message-API strategy (flwr.serverapp.strategy.*, ``_partial_: true``)
     dp: FederatedDPConfig = field(default_factory=FederatedDPConfig)
     central_dp: FederatedCentralDPConfig = field(default_factory=FederatedCentralDPConfig)
-    runtime: str = "inprocess"  # inprocess (nodes in this process) | deployment (a SuperLink and SuperNodes)
+    runtime: str = "inprocess"  # inprocess (nodes in this process) | simulation (Flower + Ray) | deployment
+    client_resources: dict[str, float] = field(default_factory=lambda: {"num_cpus": 1.0, "num_gpus": 0.0})
     superlink: str | None = None  # runtime=deployment: host:port of the SuperLink's Control API (flwr run; :9093)
     root_certificates: str | None = None  # runtime=deployment: CA certificate (PEM) of a TLS SuperLink; null: insecure
     min_available_nodes: int | None = None  # nodes a round waits for; null: num_clients

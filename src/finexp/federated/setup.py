@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,18 @@ def check_runtime(fed: DictConfig) -> None:
     if runtime not in RUNTIMES:
         raise FinexpError(f"federated.runtime={runtime!r} is not allowed: choose one of {', '.join(RUNTIMES)}")
     if runtime == "simulation":
-        raise FinexpError(
-            "federated.runtime=simulation (Flower's Ray simulation engine) is not wired up in this finexp; use "
-            "federated.runtime=inprocess (the same ServerApp/ClientApp code over an in-memory grid) or deployment"
-        )
+        if importlib.util.find_spec("ray") is None:
+            raise FinexpError(
+                "federated.runtime=simulation needs Ray (Flower's simulation backend): "
+                "pip install 'finexp[federated-sim]', or use federated.runtime=inprocess"
+            )
+        resources = dict(fed.get("client_resources") or {})
+        unknown = sorted(set(resources) - {"num_cpus", "num_gpus"})
+        if unknown or any(float(v) < 0 for v in resources.values()):
+            raise FinexpError(
+                f"federated.client_resources={resources}: give num_cpus and num_gpus (>= 0; fractions of a GPU "
+                "share it), e.g. {num_cpus: 1, num_gpus: 0.25}"
+            )
     if runtime == "deployment" and not fed.get("superlink"):
         raise FinexpError(
             "federated.runtime=deployment needs federated.superlink=host:port (the SuperLink's Control API, "
@@ -123,22 +132,24 @@ def federation_from(cfg: DictConfig, module: pl.LightningModule, datamodule: Any
         from finexp.federated.deployment import deployment_from
 
         return deployment_from(cfg, module, datamodule, loggers)
-    federation, _ = _local_federation(cfg, module, datamodule, loggers)
+    federation, nodes = _local_federation(cfg, module, datamodule, loggers)
+    if runtime == "simulation":
+        from finexp.federated.simulation_runtime import SimulationRun
+
+        return SimulationRun(cfg, federation, len(nodes))
     return federation
 
 
-def _local_federation(cfg: DictConfig, module: pl.LightningModule, datamodule: Any, loggers: list[Any]) -> Any:
-    """The coordinator and its nodes over partitions of this run's train split (in-process and simulation)."""
-    from flwr.app import Context, RecordDict
+def partition_nodes(cfg: DictConfig, module: pl.LightningModule, datamodule: Any) -> tuple[dict[int, Any], Any]:
+    """The nodes of a federation over partitions of this run's train split, by node id (1, 2, ...), sharing
+    ``module``; and what ``federation.json`` says about them (``clients``, ``partitions``, label counts).
 
-    from finexp.config import monitor_mode
+    Deterministic in the config: Flower's simulation runtime builds the same nodes again in each of its workers.
+    """
     from finexp.data.batching import PadCollator
     from finexp.federated import partition_rows
-    from finexp.federated.app import make_client_app
     from finexp.federated.client import LocalNode, client_loader, node_seed, trainable_names
-    from finexp.federated.grid import InProcessGrid
-    from finexp.federated.partition import client_values, label_skew
-    from finexp.federated.server import STATE_DIR, Federation
+    from finexp.federated.partition import client_values
 
     fed = cfg.federated
     train_set = datamodule.datasets["train"]
@@ -195,7 +206,7 @@ def _local_federation(cfg: DictConfig, module: pl.LightningModule, datamodule: A
         )
     labels = train_set.labels.numpy()
     num_labels = int(labels.max()) + 1 if len(labels) else 0
-    clients = [
+    records = [
         {
             "cid": str(i),
             "name": node_names[i],
@@ -205,6 +216,25 @@ def _local_federation(cfg: DictConfig, module: pl.LightningModule, datamodule: A
         }
         for i, rows in enumerate(partitions)
     ]
+    return nodes, (records, partitions, labels, num_labels)
+
+
+def _local_federation(cfg: DictConfig, module: pl.LightningModule, datamodule: Any, loggers: list[Any]) -> Any:
+    """The coordinator and its nodes over partitions of this run's train split (in-process and simulation)."""
+    from flwr.app import Context, RecordDict
+
+    from finexp.config import monitor_mode
+    from finexp.federated.app import make_client_app
+    from finexp.federated.client import trainable_names
+    from finexp.federated.grid import InProcessGrid
+    from finexp.federated.partition import label_skew
+    from finexp.federated.server import STATE_DIR, Federation
+
+    fed = cfg.federated
+    dp = client_dp_from(cfg)
+    make_trainer = trainer_factory(cfg)
+    names = trainable_names(module)
+    nodes, (clients, partitions, labels, num_labels) = partition_nodes(cfg, module, datamodule)
     app = make_client_app(lambda context: nodes[context.node_id])
     contexts = {i: Context(run_id=1, node_id=i, node_config={}, state=RecordDict(), run_config={}) for i in nodes}
     federation = Federation(
