@@ -356,6 +356,7 @@ def test_central_dp_adaptive_noise_follows_the_bound_that_clipped_the_round(make
         (["federated.central_dp.enabled=true", "federated.central_dp.clipping=median"], "central_dp.clipping"),
         (["federated.dp.enabled=true", "federated.dp.noise_multiplier=1.0"], "exactly one"),
         (["trainer=ddp_cpu"], "trainer.devices"),
+        (["federated.secure_aggregation=true"], r"secure_aggregation=true is not available.*legacy ServerApp"),
     ],
 )
 def test_bad_federated_configs_are_rejected(make_cfg, overrides, message):

@@ -402,6 +402,13 @@ def _validate_federated(cfg: DictConfig) -> None:
             _require(dp.epsilon > 0, "federated.dp.epsilon", dp.epsilon, "must be > 0")
         _require(0 < dp.delta < 1, "federated.dp.delta", dp.delta, "must be in (0, 1)")
     _validate_central_dp(fed.central_dp)
+    if fed.secure_aggregation:
+        raise ConfigError(
+            "federated.secure_aggregation=true is not available: Flower's SecAgg+ (flwr 1.32: SecAggPlusWorkflow with "
+            "secaggplus_mod) runs only inside the legacy ServerApp workflow (LegacyContext, flwr.server.strategy, "
+            "FitIns/FitRes), not with the Message-API strategies finexp drives; set it to false (federated.central_dp "
+            "or federated.dp bound what the coordinator learns from an update instead)"
+        )
     kind = cfg.model.kind
     _require(kind == "transformer", "model.kind", kind, "federated runs fine-tune a transformer (not a baseline)")
     if cfg.privacy.name == "dp_sgd" and dp.enabled:

@@ -457,7 +457,7 @@ class FederatedConfig:
     min_available_nodes: int | None = None  # nodes a round waits for; null: num_clients
     accept_failures: bool = False  # true: a round goes on with the nodes that answered (failures recorded)
     timeout: float = 3600.0  # seconds a round waits for the nodes' replies
-    secure_aggregation: bool = False  # SecAgg+ (runtime=deployment): the coordinator sees only the sum of updates
+    secure_aggregation: bool = False  # SecAgg+: refused (Flower 1.32 has it only in the legacy workflow)
 
 
 @dataclass

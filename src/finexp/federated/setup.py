@@ -39,10 +39,12 @@ def check_runtime(fed: DictConfig) -> None:
             "federated.runtime=deployment needs federated.superlink=host:port (the SuperLink's Control API, "
             "e.g. 127.0.0.1:9093; start one with `finexp-federate serve`)"
         )
-    if fed.get("secure_aggregation") and runtime == "inprocess":
+    if fed.get("secure_aggregation"):
         raise FinexpError(
-            "federated.secure_aggregation=true needs Flower's SecAgg+ workflow between separate nodes; "
-            "use federated.runtime=deployment (the in-process runtime has no untrusted coordinator to hide from)"
+            "federated.secure_aggregation=true is not available: Flower's SecAgg+ (flwr 1.32: SecAggPlusWorkflow with "
+            "secaggplus_mod) runs only inside the legacy ServerApp workflow (LegacyContext, flwr.server.strategy, "
+            "FitIns/FitRes), not with the Message-API strategies finexp drives; set it to false (federated.central_dp "
+            "or federated.dp bound what the coordinator learns from an update instead)"
         )
 
 
