@@ -11,12 +11,13 @@ table, summarizes it with ``finexp-report``, then measures the bytes of one roun
     python scripts/bench_federated.py --jobs 3              # the three arms at once (busy machines)
     python scripts/bench_federated.py --part summary --out DIR   # summarize runs already there
     python scripts/bench_federated.py --rounds 10 --lr 1e-3   # more rounds, a tuned client lr (target: within 0.02)
-    python scripts/bench_federated.py --part overhead       # deployment (SuperLink + 2 SuperNodes) vs in-process
+    python scripts/bench_federated.py --part overhead       # deployment (SuperLink + 2 SuperNodes), simulation, in-process
     python scripts/bench_federated.py --quick               # a correctness check of the overhead part (tiny_bert)
 
-The overhead part runs the same tiny run twice: federated.runtime=inprocess, and federated.runtime=deployment against
-a SuperLink and two SuperNodes started here on 127.0.0.1 (finexp-federate serve / node, each node on its own file),
-and prints round wall time and bytes per round side by side.
+The overhead part runs the same tiny run on each runtime: federated.runtime=inprocess, simulation (Flower's Ray
+runtime, when finexp[federated-sim] is installed) and deployment against a SuperLink and two SuperNodes started here
+on 127.0.0.1 (finexp-federate serve / node, each node on its own file), and prints round wall time and bytes per round
+side by side.
 """
 
 from __future__ import annotations
@@ -298,7 +299,10 @@ def _overhead(out: Path, rounds: int, rows: int) -> None:
             )
             _listening(port)
         runs = {}
-        for runtime in ("inprocess", "deployment"):
+        import importlib.util
+
+        simulation = ("simulation",) if importlib.util.find_spec("ray") else ()  # finexp[federated-sim]
+        for runtime in ("inprocess", *simulation, "deployment"):
             run_dir = out / runtime
             args = ["finexp-train", *common, f"federated.runtime={runtime}", f"hydra.run.dir={run_dir}"]
             if runtime == "deployment":

@@ -210,6 +210,8 @@ def test_legacy_strategies_and_unknown_runtimes_are_refused(make_cfg, sentiment_
         FinexpError, match=r"_target_=flwr.server.strategy.fedavg.FedAvg is not a Flower Message-API strategy"
     ):
         _federation(make_cfg, sentiment_csv, *legacy)
+    with pytest.raises(FinexpError, match=r"central_dp needs a strategy that averages.*Krum selects or trims"):
+        _federation(make_cfg, sentiment_csv, "federated=krum", "federated.central_dp.enabled=true")
     with pytest.raises(FinexpError, match=r"federated.runtime='grid'.*inprocess, simulation, deployment"):
         check_runtime(make_cfg("federated=fedavg", "federated.runtime=grid").federated)
     with pytest.raises(FinexpError, match=r"federated.superlink=host:port"):

@@ -102,7 +102,11 @@ class CentralDP:
 
     def wrap(self, strategy: Strategy, num_sampled: int) -> Strategy:
         """``strategy`` inside Flower's server-side clipping wrapper, aggregating by :data:`UNIT_WEIGHT`."""
-        if not hasattr(strategy, "weighted_by_key"):
+        from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, MultiKrum, QFedAvg
+
+        # All of Flower's strategies subclass FedAvg; these select, trim or re-weight instead of averaging.
+        not_a_mean = (Bulyan, FedMedian, FedTrimmedAvg, MultiKrum, QFedAvg)
+        if not isinstance(strategy, FedAvg) or isinstance(strategy, not_a_mean):
             raise FinexpError(
                 f"federated.central_dp needs a strategy that averages updates (FedAvg, FedProx, FedAdam, ...); "
                 f"{type(strategy).__name__} selects or trims them, so the noise calibrated to a mean does not apply"
