@@ -25,7 +25,7 @@ from torch import nn
 from finexp import build
 from finexp.config import config_dir
 from finexp.optim import linear_warmup, parameter_groups
-from finexp.tasks.classification import SequenceClassificationModule
+from finexp.problems.classification_training import classification_module
 
 
 class EpochTimer(pl.Callback):
@@ -54,7 +54,7 @@ def bare_loop(model: nn.Module, batches: list[dict], lr: float) -> float:
 
 
 def finexp_loop(model: nn.Module, batches: list[dict], lr: float, labels: list[str]) -> float:
-    module = SequenceClassificationModule(
+    module = classification_module(
         model,
         labels,
         optimizer=functools.partial(torch.optim.AdamW, lr=lr, weight_decay=0.01),

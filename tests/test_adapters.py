@@ -223,9 +223,9 @@ def test_lora_run_saves_only_what_trains_and_evaluates(make_cfg, sentiment_csv, 
 
 
 def test_prompt_tuning_checkpoint_leaves_out_the_shared_word_embeddings():
-    from finexp.tasks.classification import SequenceClassificationModule
+    from finexp.problems.classification_training import classification_module
 
-    module = SequenceClassificationModule(build_prompt_tuning(classifier(), num_virtual_tokens=3), ["a", "b"])
+    module = classification_module(build_prompt_tuning(classifier(), num_virtual_tokens=3), ["a", "b"])
     frozen = set(frozen_keys(module))
     aliases = [k for k in module.state_dict() if k.endswith("word_embeddings.weight")]
     assert len(aliases) == 2 and set(aliases) <= frozen  # peft keeps the embeddings under two names: both left out

@@ -19,7 +19,8 @@ from torch import nn
 
 from finexp import FinexpError
 from finexp.evaluate import evaluate
-from finexp.tasks.token_classification import TokenClassificationModule
+from finexp.problems.token_classification_training import TokenObjective
+from finexp.problems.training_module import TrainingModule
 from finexp.train import train
 from test_generation import GPT, QA
 from test_long_document import FILLER
@@ -86,7 +87,7 @@ def test_ner_checkpoint_evaluates_per_sentence_with_the_entity_report(make_cfg, 
     assert table["tokens"].tolist() == [" ".join(w for w, _ in s) for s in sentences(7, seed=1)]
 
     # out of order across batches, and a sentence cut by data.max_length: its last words are marked '-' (not scored)
-    module = TokenClassificationModule(nn.Identity(), ["O", "B-ORG", "I-ORG"])
+    module = TrainingModule(nn.Identity(), TokenObjective(["O", "B-ORG", "I-ORG"]))
     outputs = [
         {
             "index": torch.tensor([1]),

@@ -14,7 +14,7 @@ from finexp.config import ConfigError, validate_config
 from finexp.data.ner import IGNORE
 from finexp.models.backbone import ModelLoadError
 from finexp.models.causal_lm import CausalLM, build_causal_lm, generate
-from finexp.tasks.generation import exact_match, response_nll, rouge_l
+from finexp.problems.generation_training import exact_match, response_nll, rouge_l
 from finexp.train import train
 
 QA = [

@@ -11,7 +11,7 @@ from finexp import FinexpError
 from finexp.adapters.peft_methods import build_lora, build_prefix_tuning, build_prompt_tuning
 from finexp.data.ner import IGNORE
 from finexp.models.causal_lm import CausalLM, build_causal_lm, generate, generate_batch, supports_cache
-from finexp.tasks.generation import GenerationModule, rouge_l
+from finexp.problems.generation_training import GenerationModule, rouge_l
 
 VOCAB = 64
 PAD, EOS = 0, 1

@@ -12,7 +12,7 @@ import torch
 from finexp import build
 from finexp.config import ConfigError, validate_config
 from finexp.data.windows import split_windows
-from finexp.tasks.long_document import DocumentAggregator, aggregate_windows
+from finexp.problems.long_document_training import DocumentAggregator, aggregate_windows
 from finexp.train import train
 
 FILLER = ["the", "company", "reported", "its", "quarterly", "results", "and", "the", "outlook", "for", "next", "year"]

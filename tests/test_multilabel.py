@@ -13,7 +13,8 @@ import torch
 from finexp import build
 from finexp.config import ConfigError, validate_config
 from finexp.data.sources import DataError
-from finexp.tasks.multilabel import MultiLabelModule
+from finexp.problems.multilabel_training import MultiLabelObjective
+from finexp.problems.training_module import TrainingModule
 from finexp.train import train
 
 ISSUES = {
@@ -138,7 +139,7 @@ def test_multilabel_needs_one_label_source(make_cfg, complaints_csv):
 
 
 def test_predictions_table_lists_label_sets_in_dataset_order():
-    module = MultiLabelModule(torch.nn.Identity(), ["fees", "fraud"])
+    module = TrainingModule(torch.nn.Identity(), MultiLabelObjective(["fees", "fraud"]))
     outputs = [
         {"index": torch.tensor([1]), "probs": torch.tensor([[0.2, 0.7]]), "labels": torch.tensor([[0.0, 1.0]])},
         {"index": torch.tensor([0]), "probs": torch.tensor([[0.6, 0.5]]), "labels": torch.tensor([[1.0, 0.0]])},

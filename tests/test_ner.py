@@ -12,7 +12,7 @@ from finexp import build
 from finexp.config import ConfigError, validate_config
 from finexp.data.ner import IGNORE, align_labels, read_conll, to_iob2
 from finexp.data.sources import DataError
-from finexp.tasks.token_classification import entity_report
+from finexp.problems.token_classification_training import entity_report
 from finexp.train import train
 
 COMPANIES = ["Acme Corp", "Globex Bank", "Initech Capital Partners", "Umbrella Holdings"]

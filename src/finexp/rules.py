@@ -491,7 +491,7 @@ def score_with_rules(
     """Metrics of model + rules on labelled rows, beside the model's own.
 
     A row a rule overrode gets all its probability on the label the rule's decision counts as (``label_of``); other
-    rows keep the model's probabilities. Metrics are the model's (``finexp.tasks.metrics``) named
+    rows keep the model's probabilities. Metrics are the model's (``finexp.problems.classification_training``) named
     ``{stage}_rules/{metric}``, plus ``rules/overridden`` (share of rows a rule decided, whether or not it changed the
     label) and ``rules/fired/<rule>`` (rows per rule).
 
@@ -501,7 +501,7 @@ def score_with_rules(
     import numpy as np
     import torch
 
-    from finexp.tasks.metrics import build_classification_metrics
+    from finexp.problems.classification_training import build_classification_metrics
 
     probs = np.array(probs, dtype=np.float64, copy=True)
     predicted = [labels[int(i)] for i in probs.argmax(1)]

@@ -278,7 +278,7 @@ class TrainedRun:
         """
         from finexp import build
         from finexp.adapters.checkpoint import load_checkpoint_state
-        from finexp.tasks.classification import SequenceClassificationModule
+        from finexp.problems.classification_training import classification_module
 
         cfg = self.config
         tokenizer = tokenizer or (datamodule.tokenizer if datamodule is not None else self.tokenizer())
@@ -286,7 +286,7 @@ class TrainedRun:
         if self.problem == "classification":
             weight = self.checkpoint["state_dict"].get("loss_fn.weight")  # task.class_weights: part of the state
             class_weights = None if weight is None else weight.tolist()
-            module = SequenceClassificationModule(model, self.labels, class_weights=class_weights)
+            module = classification_module(model, self.labels, class_weights=class_weights)
         else:
             if datamodule is None:
                 raise FinexpError(f"{self.ckpt}: task.problem={self.problem} needs the run's data to rebuild")

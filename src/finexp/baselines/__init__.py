@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_limits
 
 from finexp import FinexpError
 from finexp.callbacks import PeakRssSampler
-from finexp.tasks.metrics import build_classification_metrics
+from finexp.problems.classification_training import build_classification_metrics
 
 
 class BaselineError(FinexpError):

@@ -64,7 +64,7 @@ class WindowConfig:
 
 @dataclass
 class GenerationConfig:
-    """``task.problem=generation``: decoding of validation samples and test answers (finexp.tasks.generation)."""
+    """``task.problem=generation``: decoding of validation samples and test answers (problems/generation_training)."""
 
     max_new_tokens: int = 48  # the longest answer generated; longer answers are cut
     do_sample: bool = False  # false: greedy (deterministic); true: sampling at `temperature`
@@ -398,7 +398,7 @@ class AnalysisConfig:
 
 @dataclass
 class DistillConfig:
-    """Knowledge distillation from a trained finexp teacher (finexp.tasks.distillation); off while teacher is null."""
+    """Knowledge distillation from a trained finexp teacher (problems/distillation.py); off while teacher is null."""
 
     teacher: str | None = None  # a .ckpt written by finexp-train (same task and labels); null: no distillation
     temperature: float = 2.0  # softens both distributions; higher: more of the teacher's view of the wrong classes

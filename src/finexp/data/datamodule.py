@@ -170,8 +170,8 @@ class ClassificationDataModule(SplitLoaders):
         return frame.reset_index(drop=True), origin
 
     # ----------------------------------------------------------------------------------------------------------
-    # What a label is: a subclass for another kind of target overrides these (finexp.tasks.regression,
-    # finexp.tasks.multilabel); everything else (reading, splitting, serializing, tokenizing, batching) is shared.
+    # What a label is: a subclass for another kind of target overrides these (finexp.data.regression,
+    # finexp.data.multilabel); everything else (reading, splitting, serializing, tokenizing, batching) is shared.
     # ----------------------------------------------------------------------------------------------------------
     def _label_sources(self) -> dict[str, str]:
         """The columns the labels are read from, by the config key that names them (for a missing-column error)."""

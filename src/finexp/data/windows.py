@@ -4,7 +4,7 @@ Documents are read, checked, split and labelled exactly as for classification (a
 :class:`~finexp.data.datamodule.ClassificationDataModule` does it, tokenizing without truncation); each document's
 tokens are then cut into windows of ``size`` tokens (special tokens included) whose starts are ``stride`` tokens
 apart. Training sees every window with its document's label; validation and test aggregate the windows' logits
-back to one prediction per document (:mod:`finexp.tasks.long_document`).
+back to one prediction per document (:mod:`finexp.problems.long_document_training`).
 """
 
 from __future__ import annotations

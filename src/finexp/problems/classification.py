@@ -165,11 +165,11 @@ def generative_model(cfg: DictConfig, num_labels: int, tokenizer: PreTrainedToke
 
 def module(cfg: DictConfig, model: SequenceClassifier, datamodule: ClassificationDataModule) -> pl.LightningModule:
     """Cross-entropy (``task.class_weights``), accuracy/F1/AUROC/KS."""
-    from finexp.tasks.classification import SequenceClassificationModule
+    from finexp.problems.classification_training import classification_module
 
     if cfg.method.name == "generative" and cfg.method.in_context_examples:
         model.set_examples(in_context_examples(datamodule, cfg.method.in_context_examples, cfg.seed))
-    return SequenceClassificationModule(
+    return classification_module(
         model,
         datamodule.label_names,
         **optimization(cfg),
@@ -198,7 +198,7 @@ def distillation_module(
     training; with ``distill.cache`` the logits go to ``<run dir>/teacher_logits.pt``, keyed by the teacher file and
     the train split's fingerprint, and a resumed run reads them back instead of loading the teacher.
     """
-    from finexp.tasks.distillation import DistillationModule, cached_teacher_logits, compute_teacher_logits
+    from finexp.problems.distillation import cached_teacher_logits, compute_teacher_logits, distillation_module
 
     distill, labels = cfg.distill, datamodule.label_names
     ckpt = Path(distill.teacher).expanduser().resolve()
@@ -227,7 +227,7 @@ def distillation_module(
         return logits[:, [teacher_labels.index(name) for name in labels]]  # columns in the student's label order
 
     cache = Path(cfg.paths.output_dir) / "teacher_logits.pt" if distill.cache else None
-    return DistillationModule(
+    return distillation_module(
         model,
         labels,
         cached_teacher_logits(cache, key, label_train_split),

@@ -73,7 +73,7 @@ def model(
 
 def module(cfg: DictConfig, model: nn.Module, datamodule: Any) -> pl.LightningModule:
     """LM loss on the response tokens; perplexity; sampled answers logged each validation (``generations.txt``)."""
-    from finexp.tasks.generation import GenerationModule
+    from finexp.problems.generation_training import GenerationModule
 
     gen = cfg.task.generation
     return GenerationModule(

@@ -58,7 +58,7 @@ def model(
 
 def module(cfg: DictConfig, model: nn.Module, datamodule: Any) -> pl.LightningModule:
     """The classification loss per window; document logits aggregated over windows (``task.window.aggregate``)."""
-    from finexp.tasks.long_document import LongDocumentModule
+    from finexp.problems.long_document_training import LongDocumentModule
 
     return LongDocumentModule(
         model,

@@ -29,7 +29,7 @@ def datamodule(
     privacy: PrivacyPlan | None = None,
 ) -> Any:
     """The classification pipeline with label sets (``task.label_separator`` or ``task.label_columns``)."""
-    from finexp.tasks.multilabel import MultiLabelDataModule
+    from finexp.data.multilabel import MultiLabelDataModule
 
     make = functools.partial(
         MultiLabelDataModule, separator=cfg.task.label_separator, label_columns=plain(cfg.task.label_columns)
@@ -39,9 +39,10 @@ def datamodule(
 
 def module(cfg: DictConfig, model: nn.Module, datamodule: Any) -> pl.LightningModule:
     """One sigmoid output per label, binary cross-entropy; per-label and micro/macro F1."""
-    from finexp.tasks.multilabel import MultiLabelModule
+    from finexp.problems.multilabel_training import MultiLabelObjective
+    from finexp.problems.training_module import TrainingModule
 
-    return MultiLabelModule(model, datamodule.label_names, **optimization(cfg))
+    return TrainingModule(model, MultiLabelObjective(datamodule.label_names), **optimization(cfg))
 
 
 def check(cfg: DictConfig) -> None:

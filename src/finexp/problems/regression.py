@@ -28,8 +28,8 @@ def datamodule(
     label_names: list[str] | None = None,
     privacy: PrivacyPlan | None = None,
 ) -> Any:
-    """The classification pipeline with a float target (finexp.tasks.regression.RegressionDataModule)."""
-    from finexp.tasks.regression import RegressionDataModule
+    """The classification pipeline with a float target (finexp.data.regression.RegressionDataModule)."""
+    from finexp.data.regression import RegressionDataModule
 
     return classification.datamodule(cfg, tokenizer, source, label_names, privacy, RegressionDataModule)
 
@@ -43,18 +43,14 @@ def model(
 
 def module(cfg: DictConfig, model: nn.Module, datamodule: Any) -> pl.LightningModule:
     """MSE/Huber loss on the target standardized with the train split's statistics (``task.loss``)."""
-    from finexp.tasks.regression import RegressionModule
+    from finexp.problems.regression_training import RegressionObjective
+    from finexp.problems.training_module import TrainingModule
 
     mean, std = datamodule.target_statistics() if len(datamodule.datasets.get("train", ())) else (0.0, 1.0)
-    return RegressionModule(
-        model,
-        datamodule.label_names[0],
-        **optimization(cfg),
-        loss=cfg.task.loss,
-        huber_delta=cfg.task.huber_delta,
-        target_mean=mean,
-        target_std=std,
+    objective = RegressionObjective(
+        datamodule.label_names[0], cfg.task.loss, cfg.task.huber_delta, target_mean=mean, target_std=std
     )
+    return TrainingModule(model, objective, **optimization(cfg))
 
 
 def check(cfg: DictConfig) -> None:

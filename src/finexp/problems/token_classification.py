@@ -51,11 +51,11 @@ def model(
 
 def module(cfg: DictConfig, model: nn.Module, datamodule: Any) -> pl.LightningModule:
     """Token cross-entropy; entity-level precision/recall/F1 (seqeval), a per-entity report in the run directory."""
-    from finexp.tasks.token_classification import TokenClassificationModule
+    from finexp.problems.token_classification_training import TokenObjective
+    from finexp.problems.training_module import TrainingModule
 
-    return TokenClassificationModule(
-        model, datamodule.label_names, **optimization(cfg), report_dir=cfg.paths.output_dir
-    )
+    objective = TokenObjective(datamodule.label_names, report_dir=cfg.paths.output_dir)
+    return TrainingModule(model, objective, **optimization(cfg))
 
 
 def check(cfg: DictConfig) -> None:

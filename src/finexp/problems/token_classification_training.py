@@ -1,4 +1,4 @@
-"""Token classification (named entities) as a LightningModule, scored per entity with seqeval's semantics.
+"""What ``task.problem=token_classification`` trains for: a tag per word (NER), scored per entity as seqeval does.
 
 Metrics: ``{stage}/precision``, ``{stage}/recall``, ``{stage}/f1`` (micro over entities) and, per entity type ``T``,
 ``{stage}/precision_T``, ``{stage}/recall_T``, ``{stage}/f1_T``. An entity counts as found only when its type and
@@ -11,16 +11,16 @@ import json
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
-import pytorch_lightning as pl
 import torch
 from seqeval.metrics.sequence_labeling import get_entities
 from torch import nn
-from torchmetrics import Metric
+from torchmetrics import Metric, MetricCollection
 
 from finexp.data.ner import IGNORE
-from finexp.tasks.optimization import OptimizerFactory, SchedulerFactory, configure_optimizers
+from finexp.problems.training_module import Batch, Objective, TrainingModule
 
 
 def entity_report(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]) -> dict[str, dict]:
@@ -103,73 +103,42 @@ class EntityScores(Metric):
         return scores
 
 
-class TokenClassificationModule(pl.LightningModule):
-    """Trains a :class:`~finexp.models.token_classifier.TokenClassifier` with cross-entropy over words' first
-    sub-tokens.
+class TokenObjective(Objective):
+    """Cross-entropy over words' first sub-tokens (other positions are labelled -100); entity scores on val and test.
 
     Args:
-        model: maps ``(input_ids, attention_mask)`` to ``(batch, tokens, tags)`` logits.
         label_names: tag names (IOB2), index = tag id.
-        optimizer: builds the optimizer from parameter groups; None for a module that only evaluates.
-        scheduler: builds a per-step LR schedule from ``(optimizer, num_training_steps=...)``; None for none.
-        report_dir: where ``entity_report.json`` (per-type precision, recall, F1, support of the test split) goes.
+        report_dir: where ``entity_report.json`` (per-type precision, recall, F1, support of the test split) goes;
+            None: nowhere.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        label_names: list[str],
-        optimizer: OptimizerFactory | None = None,
-        scheduler: SchedulerFactory | None = None,
-        report_dir: str | Path | None = None,
-    ) -> None:
-        super().__init__()
-        self.model = model
-        self.label_names = list(label_names)
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+    metric_stages = ("val", "test")
+
+    def __init__(self, label_names: Sequence[str], report_dir: str | Path | None = None) -> None:
+        super().__init__(label_names)
         self.report_dir = Path(report_dir) if report_dir is not None else None
-        self.loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE)
-        self.val_scores = EntityScores(label_names)
-        self.test_scores = EntityScores(label_names)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask)
+    def attach(self, module: TrainingModule) -> None:
+        module.loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE)
 
-    def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self(batch["input_ids"], batch["attention_mask"])
-        return self.loss_fn(logits.flatten(0, 1), batch["labels"].flatten()), logits
+    def metrics(self) -> MetricCollection:
+        return MetricCollection({"entities": EntityScores(self.label_names)})  # its keys: precision, f1_ORG ...
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss, logits = self._step(batch)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(logits))
-        return loss
+    def forward(self, module: TrainingModule, batch: Batch) -> torch.Tensor:
+        """``(batch, tokens, tags)`` logits."""
+        return module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss, logits = self._step(batch)
-        self.val_scores.update(logits, batch["labels"])
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(logits))
+    def loss(self, module: TrainingModule, raw: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return module.loss_fn(raw.flatten(0, 1), batch["labels"].flatten())
 
-    def on_validation_epoch_end(self) -> None:
-        self.log_dict({f"val/{k}": v for k, v in self.val_scores.compute().items()}, sync_dist=True)
-        self.val_scores.reset()
+    def predict(self, module: TrainingModule, raw: torch.Tensor, batch: Batch) -> dict[str, Any]:
+        return {"index": batch["index"], "tags": raw.argmax(-1), "labels": batch["labels"]}
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        loss, logits = self._step(batch)
-        self.test_scores.update(logits, batch["labels"])
-        self.log("test/loss", loss, sync_dist=True, batch_size=len(logits))
-
-    def on_test_epoch_end(self) -> None:
-        self.log_dict({f"test/{k}": v for k, v in self.test_scores.compute().items()}, sync_dist=True)
-        if self.report_dir is not None and self.trainer.is_global_zero:
+    def tested(self, module: TrainingModule, metrics: MetricCollection) -> None:
+        if self.report_dir is not None and module.trainer.is_global_zero:
             self.report_dir.mkdir(parents=True, exist_ok=True)
-            report = json.dumps(self.test_scores.report, indent=2)
+            report = json.dumps(metrics["entities"].report, indent=2)
             (self.report_dir / "entity_report.json").write_text(report)
-        self.test_scores.reset()
-
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        logits = self(batch["input_ids"], batch["attention_mask"])
-        return {"index": batch["index"], "tags": logits.argmax(-1), "labels": batch["labels"]}
 
     def predictions_table(self, outputs: list[dict[str, torch.Tensor]], texts: list[str]) -> pd.DataFrame:
         """``predict`` outputs as one row per sentence, in dataset order (finexp-eval's predictions.csv).
@@ -201,9 +170,3 @@ class TokenClassificationModule(pl.LightningModule):
                 }
             )
         return pd.DataFrame(rows, columns=["tokens", "tags", "predicted", "words_cut"])
-
-    def configure_optimizers(self) -> dict:
-        return configure_optimizers(self, self.model, self.optimizer_factory, self.scheduler_factory)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["finexp"] = {"label_names": list(self.label_names)}  # plain strings: loads with weights_only

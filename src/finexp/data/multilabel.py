@@ -4,26 +4,20 @@
 Labels are read either from one column holding several labels separated by ``task.label_separator``
 (``"fees|fraud"``; an empty cell means no label), or from one 0/1 column per label (``task.label_columns``). The rest
 of the pipeline (reading, serializing, tokenizing, batching) is the classification one:
-:class:`MultiLabelDataModule` overrides only what a label is.
+:class:`MultiLabelDataModule` overrides only what a label is (the loss and metrics:
+:mod:`finexp.problems.multilabel_training`).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 import pandas as pd
-import torch
 from sklearn.model_selection import train_test_split
-from torch import nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MultilabelExactMatch, MultilabelF1Score
 
 from finexp.data.datamodule import ClassificationDataModule
 from finexp.data.sources import DataError
 from finexp.data.splits import Splits
-from finexp.tasks.optimization import OptimizerFactory, SchedulerFactory
-from finexp.tasks.rows import RowTargetModule
 
 TRUE_VALUES = {"1", "1.0", "true", "yes", "y", "t"}
 FALSE_VALUES = {"0", "0.0", "false", "no", "n", "f", ""}
@@ -124,94 +118,3 @@ class MultiLabelDataModule(ClassificationDataModule):
 
 def _label_set(names: object) -> tuple[str, ...]:
     return tuple(sorted({str(n).strip() for n in names} - {""}))
-
-
-def metric_name(label: str) -> str:
-    """A label as a metric-key suffix: ``"late fees"`` -> ``late_fees`` (``test/f1_late_fees``)."""
-    return re.sub(r"[^0-9A-Za-z]+", "_", label).strip("_") or "label"
-
-
-class PerLabelF1(MultilabelF1Score):
-    """F1 of every label, returned as ``{f1_<label>: value}`` (a MetricCollection flattens the dict into keys)."""
-
-    def __init__(self, label_names: Sequence[str], threshold: float = 0.5) -> None:
-        super().__init__(len(label_names), threshold=threshold, average="none", validate_args=False)
-        self.keys = [f"f1_{metric_name(n)}" for n in label_names]
-        if len(set(self.keys)) != len(self.keys):
-            raise ValueError(f"labels {list(label_names)} collide as metric names {self.keys}")
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        return dict(zip(self.keys, super().compute(), strict=True))
-
-
-def build_multilabel_metrics(label_names: Sequence[str], threshold: float = 0.5) -> MetricCollection:
-    """Micro- and macro-F1, exact match (every label of the row right) and F1 per label; updated with
-    ``(probabilities, multi-hot target)``."""
-    k, quiet = len(label_names), {"threshold": threshold, "validate_args": False}
-    return MetricCollection(
-        {
-            "f1_micro": MultilabelF1Score(k, average="micro", **quiet),
-            "f1_macro": MultilabelF1Score(k, average="macro", **quiet),
-            "exact_match": MultilabelExactMatch(k, **quiet),
-            "per_label": PerLabelF1(label_names, threshold),
-        }
-    )
-
-
-class MultiLabelModule(RowTargetModule):
-    """Trains a :class:`~finexp.models.classifier.SequenceClassifier` with one logit per label and BCE.
-
-    Args:
-        model: maps ``(input_ids, attention_mask[, features])`` to ``(batch, labels)`` logits.
-        label_names: the labels, index = output.
-        optimizer: builds the optimizer from parameter groups; None for a module that only evaluates.
-        scheduler: builds a per-step LR schedule from ``(optimizer, num_training_steps=...)``; None for none.
-        threshold: a label is predicted when its probability is at least this (F1 and predictions).
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        label_names: Sequence[str],
-        optimizer: OptimizerFactory | None = None,
-        scheduler: SchedulerFactory | None = None,
-        threshold: float = 0.5,
-    ) -> None:
-        metrics = build_multilabel_metrics(list(label_names), threshold)
-        super().__init__(model, list(label_names), metrics, optimizer, scheduler)
-        self.threshold = threshold
-        self.loss_fn = nn.BCEWithLogitsLoss()
-
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        kwargs = {} if features is None else {"features": features}
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-
-    def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self(batch["input_ids"], batch["attention_mask"], batch.get("features"))
-        return self.loss_fn(logits.float(), batch["labels"].float()), logits.detach().float().sigmoid()
-
-    def _metric_target(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return batch["labels"].long()
-
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        logits = self(batch["input_ids"], batch["attention_mask"], batch.get("features"))
-        return {"index": batch["index"], "probs": logits.float().sigmoid(), "labels": batch["labels"]}
-
-    def predictions_table(self, outputs: list[dict[str, torch.Tensor]], texts: list[str]) -> pd.DataFrame:
-        """``predict`` outputs as rows in dataset order: text, true and predicted label sets, one probability per
-        label (finexp-eval)."""
-        order = torch.cat([o["index"] for o in outputs]).argsort()
-        probs = torch.cat([o["probs"] for o in outputs])[order]
-        truth = torch.cat([o["labels"] for o in outputs])[order]
-
-        def joined(rows: torch.Tensor) -> list[str]:
-            return ["|".join(n for n, on in zip(self.label_names, row.tolist(), strict=True) if on) for row in rows]
-
-        frame = pd.DataFrame(
-            {"text": texts, "labels": joined(truth > 0.5), "predicted": joined(probs >= self.threshold)}
-        )
-        for i, name in enumerate(self.label_names):
-            frame[f"prob_{name}"] = probs[:, i].numpy()
-        return frame

@@ -23,8 +23,9 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from finexp import FinexpError
+from finexp.problems.classification_training import ClassificationObjective
+from finexp.problems.training_module import Batch, OptimizerFactory, SchedulerFactory, TrainingModule
 from finexp.progress import progress
-from finexp.tasks.classification import OptimizerFactory, SchedulerFactory, SequenceClassificationModule
 
 log = logging.getLogger("finexp")
 
@@ -110,36 +111,30 @@ def cached_teacher_logits(
     return logits
 
 
-class DistillationModule(SequenceClassificationModule):
-    """A :class:`SequenceClassificationModule` whose training loss mixes the teacher's soft targets in.
+class DistillationObjective(ClassificationObjective):
+    """Classification whose training loss mixes the teacher's soft targets in (:func:`distillation_loss`).
 
-    Validation and test are the parent's (cross-entropy on the hard labels, the same metrics), so a student's
+    Validation and test are classification's (cross-entropy on the hard labels, the same metrics), so a student's
     numbers compare with any other run's. The checkpoint holds only the student: ``finexp-eval`` and
-    ``finexp-export`` load it like any other classifier.
+    ``finexp-export`` load it like any other classifier. Logs ``train/soft_loss`` and ``train/hard_loss`` per epoch.
 
     Args:
-        model: the student.
         label_names: class names (in the teacher's order: ``teacher_logits`` columns follow them).
         teacher_logits: ``(train rows, classes)``; row ``i`` belongs to the train dataset's row ``i``.
         temperature: softmax temperature ``T`` > 0.
         alpha: weight of the soft-target loss in [0, 1].
-        optimizer: see the parent.
-        scheduler: see the parent.
         class_weights: weights of the hard-label cross-entropy.
     """
 
     def __init__(
         self,
-        model: nn.Module,
-        label_names: list[str],
+        label_names: Sequence[str],
         teacher_logits: torch.Tensor,
         temperature: float = 2.0,
         alpha: float = 0.5,
-        optimizer: OptimizerFactory | None = None,
-        scheduler: SchedulerFactory | None = None,
-        class_weights: list[float] | None = None,
+        class_weights: Sequence[float] | None = None,
     ) -> None:
-        super().__init__(model, label_names, optimizer=optimizer, scheduler=scheduler, class_weights=class_weights)
+        super().__init__(label_names, class_weights)
         if teacher_logits.ndim != 2 or teacher_logits.size(1) != len(label_names):
             raise FinexpError(
                 f"distillation: teacher logits of shape {tuple(teacher_logits.shape)} do not fit "
@@ -149,24 +144,35 @@ class DistillationModule(SequenceClassificationModule):
             raise FinexpError(f"distillation: need temperature > 0 and alpha in [0, 1], got {temperature}, {alpha}")
         self.temperature = temperature
         self.alpha = alpha
+        self.teacher_logits = teacher_logits.float()
+
+    def attach(self, module: TrainingModule) -> None:
+        super().attach(module)
         # Not persistent: the checkpoint stays a plain student; a resumed run gets them from the cache again.
-        self.register_buffer("teacher_logits", teacher_logits.float(), persistent=False)
+        module.register_buffer("teacher_logits", self.teacher_logits, persistent=False)
 
-    def soft_targets(self, index: torch.Tensor) -> torch.Tensor:
+    def soft_targets(self, module: TrainingModule, index: torch.Tensor) -> torch.Tensor:
         """The teacher's logits of the batch's rows (``index``: positions in the train dataset)."""
-        return self.teacher_logits[index.to(self.teacher_logits.device)]
+        return module.teacher_logits[index.to(module.teacher_logits.device)]
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
-        if batch["labels"].numel() == 0:
-            return None
-        logits = self(batch["input_ids"], batch["attention_mask"])
-        loss, soft, hard = distillation_loss(
-            logits, self.soft_targets(batch["index"]), batch["labels"], self.temperature, self.alpha, self.loss_fn
-        )
-        mask = batch["attention_mask"]
-        self._tokens += torch.stack([mask.sum(), torch.tensor(mask.numel(), device=mask.device)])
-        self.train_metrics.update(logits.detach(), batch["labels"])
-        n = len(logits)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
-        self.log_dict({"train/soft_loss": soft, "train/hard_loss": hard}, on_step=False, on_epoch=True, batch_size=n)
-        return loss
+    def training_loss(
+        self, module: TrainingModule, raw: torch.Tensor, batch: Batch
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        teacher, labels = self.soft_targets(module, batch["index"]), batch["labels"]
+        loss, soft, hard = distillation_loss(raw, teacher, labels, self.temperature, self.alpha, module.loss_fn)
+        return loss, {"train/soft_loss": soft, "train/hard_loss": hard}
+
+
+def distillation_module(
+    model: nn.Module,
+    label_names: Sequence[str],
+    teacher_logits: torch.Tensor,
+    temperature: float = 2.0,
+    alpha: float = 0.5,
+    optimizer: OptimizerFactory | None = None,
+    scheduler: SchedulerFactory | None = None,
+    class_weights: Sequence[float] | None = None,
+) -> TrainingModule:
+    """A :class:`TrainingModule` training the student ``model`` with a :class:`DistillationObjective`."""
+    objective = DistillationObjective(label_names, teacher_logits, temperature, alpha, class_weights)
+    return TrainingModule(model, objective, optimizer, scheduler)

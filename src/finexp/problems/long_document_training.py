@@ -1,4 +1,4 @@
-"""Long-document classification: windows are classified, their logits aggregated to one prediction per document.
+"""``task.problem=long_document`` training: windows are classified, their logits aggregated per document.
 
 Training is plain sequence classification of windows, each labelled with its document's label (a window of a
 non-compliant filing may itself look harmless: that is label noise the aggregation averages out). Validation and
@@ -9,14 +9,15 @@ the classification metrics (and ``{stage}/loss``) then see one row per document.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
 import pandas as pd
 import torch
 from torch import nn
 from torchmetrics import Metric
 
-from finexp.tasks.classification import SequenceClassificationModule
+from finexp.problems.classification_training import ClassificationObjective
+from finexp.problems.training_module import Batch, OptimizerFactory, SchedulerFactory, TrainingModule
 
 AGGREGATES = ("mean", "max")
 
@@ -72,36 +73,44 @@ class DocumentAggregator(Metric):
         return doc_logits, doc_labels, len(docs)
 
 
-class LongDocumentModule(SequenceClassificationModule):
-    """:class:`~finexp.tasks.classification.SequenceClassificationModule` trained on windows, scored per document.
+class LongDocumentModule(TrainingModule):
+    """A :class:`TrainingModule` of classification trained on windows (a window is a row), scored per document.
 
-    It inherits training (a window is a row) and overrides only evaluation, where documents replace rows.
+    Only evaluation and ``predict`` differ from classification's: documents replace rows.
 
     Args:
         model: maps a window's ``(input_ids, attention_mask)`` to logits.
         label_names: class names, index = label id (binary: index 1 is the positive class).
         aggregate: ``mean`` or ``max`` of the windows' logits.
-        **kwargs: ``optimizer``, ``scheduler``, ``class_weights`` as for the parent.
+        optimizer: builds the optimizer from parameter groups; None for a module that only evaluates.
+        scheduler: builds a per-step LR schedule from ``(optimizer, num_training_steps=...)``; None for none.
+        class_weights: optional cross-entropy weight per class.
     """
 
-    def __init__(self, model: nn.Module, label_names: list[str], aggregate: str = "mean", **kwargs: Any) -> None:
-        super().__init__(model, label_names, **kwargs)
+    def __init__(
+        self,
+        model: nn.Module,
+        label_names: Sequence[str],
+        aggregate: str = "mean",
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        class_weights: Sequence[float] | None = None,
+    ) -> None:
         if aggregate not in AGGREGATES:
             raise ValueError(f"task.window.aggregate={aggregate!r}: choose one of {', '.join(AGGREGATES)}")
+        super().__init__(model, ClassificationObjective(label_names, class_weights), optimizer, scheduler)
         self.aggregate = aggregate
         self.val_documents = DocumentAggregator(aggregate)
         self.test_documents = DocumentAggregator(aggregate)
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self(batch["input_ids"], batch["attention_mask"])
-        self.val_documents.update(logits, batch["labels"], batch["doc"])
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self.val_documents.update(self.objective.forward(self, batch), batch["labels"], batch["doc"])
 
     def on_validation_epoch_end(self) -> None:
         self._score("val", self.val_documents)
 
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self(batch["input_ids"], batch["attention_mask"])
-        self.test_documents.update(logits, batch["labels"], batch["doc"])
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self.test_documents.update(self.objective.forward(self, batch), batch["labels"], batch["doc"])
 
     def on_test_epoch_end(self) -> None:
         self._score("test", self.test_documents)
@@ -120,8 +129,8 @@ class LongDocumentModule(SequenceClassificationModule):
         metrics.reset()
         documents.reset()
 
-    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        logits = self(batch["input_ids"], batch["attention_mask"])
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        logits = self.objective.forward(self, batch)
         return {"doc": batch["doc"], "logits": logits, "labels": batch["labels"]}
 
     def predictions_table(self, outputs: list[dict[str, torch.Tensor]], texts: list[str]) -> pd.DataFrame:

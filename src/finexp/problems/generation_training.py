@@ -1,4 +1,4 @@
-"""Answer generation with a decoder as a LightningModule: response-only loss, perplexity, exact match, ROUGE-L.
+"""``task.problem=generation`` training: response-only loss, perplexity, exact match, ROUGE-L of decoded answers.
 
 Metrics: ``{stage}/loss`` (mean negative log-likelihood per response token, the end token included) and
 ``{stage}/perplexity`` (its exponential) on val and test; at test time every test prompt is answered and scored
@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
-import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from torch import nn
@@ -25,7 +24,7 @@ from torchmetrics.functional.text.rouge import rouge_score
 
 from finexp.data.ner import IGNORE
 from finexp.models.causal_lm import CausalLM, generate_batch
-from finexp.tasks.optimization import OptimizerFactory, SchedulerFactory, configure_optimizers
+from finexp.problems.training_module import Batch, Objective, OptimizerFactory, SchedulerFactory, TrainingModule
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -66,8 +65,27 @@ def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     return nll, (shifted != IGNORE).sum()
 
 
-class GenerationModule(pl.LightningModule):
+class LanguageModelObjective(Objective):
+    """The mean negative log-likelihood of the response tokens (:func:`response_nll`); no label names, no metrics
+    (perplexity and the answers' scores are :class:`GenerationModule`'s evaluation)."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    def forward(self, module: TrainingModule, batch: Batch) -> torch.Tensor:
+        """``(batch, tokens, vocabulary)`` next-token logits."""
+        return module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+    def loss(self, module: TrainingModule, raw: torch.Tensor, batch: Batch) -> torch.Tensor:
+        nll, count = response_nll(raw, batch["labels"])
+        return nll / count.clamp(min=1)
+
+
+class GenerationModule(TrainingModule):
     """Fine-tunes a :class:`~finexp.models.causal_lm.CausalLM` on prompt -> response pairs.
+
+    Training is :class:`TrainingModule`'s with a :class:`LanguageModelObjective`; validation and test sum the
+    response NLL for perplexity, and answer prompts by decoding.
 
     Args:
         model: the decoder (adapter applied).
@@ -99,18 +117,14 @@ class GenerationModule(pl.LightningModule):
         samples_path: str | Path | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model, LanguageModelObjective(), optimizer, scheduler)
         self.tokenizer = tokenizer
         self.eos_id = eos_id
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.decoding = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature}
         self.decoding["top_k"] = top_k
         self.num_examples = num_examples
         self.samples_path = Path(samples_path) if samples_path is not None else None
         self.seed = seed
-        self.label_names: list[str] = []
         self._samples: list[tuple[str, str, str]] = []
         for stage in ("val", "test"):
             setattr(self, f"{stage}_nll", SumMetric())
@@ -118,17 +132,8 @@ class GenerationModule(pl.LightningModule):
         self.test_exact_match = MeanMetric()
         self.test_rouge_l = MeanMetric()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=attention_mask)
-
     def _nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return response_nll(self(batch["input_ids"], batch["attention_mask"]), batch["labels"])
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        nll, count = self._nll(batch)
-        loss = nll / count.clamp(min=1)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["labels"]))
-        return loss
+        return response_nll(self.objective.forward(self, batch), batch["labels"])
 
     # ----------------------------------------------------------------------------------------------------------
     # Decoding
@@ -259,6 +264,3 @@ class GenerationModule(pl.LightningModule):
                     f"**prompt:** {p}  \n**reference:** {r}  \n**generated:** {g}" for p, r, g in samples
                 )
                 logger.experiment.add_text("val/generations", table, global_step=self.global_step)
-
-    def configure_optimizers(self) -> dict:
-        return configure_optimizers(self, self.model, self.optimizer_factory, self.scheduler_factory)
