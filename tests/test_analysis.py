@@ -11,7 +11,7 @@ import pytest
 from finexp.analysis import fairness as fair
 from finexp.analysis import metrics as m
 from finexp.analysis.pipeline import AnalysisOptions, Predictions, evaluation_sections, run_sections
-from finexp.analysis.report import write_report
+from finexp.analysis.model_card import write_report
 
 # Four rows, binary; the positive-class probabilities and the truth.
 P1 = np.array([0.95, 0.75, 0.35, 0.55])

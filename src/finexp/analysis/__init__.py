@@ -1,6 +1,6 @@
 """Trust reports: evaluation metrics, calibration, thresholds, fairness, explanations and the run's model card.
 
-Library code on plain arrays (``metrics``, ``fairness``, ``attributions``, ``plots``, ``report``) plus the glue that
+Library code on plain arrays (``metrics``, ``fairness``, ``attributions``, ``plots``, ``model_card``) plus the glue that
 the entry points call (:func:`~finexp.analysis.pipeline.analyze`).
 """
 

@@ -23,7 +23,7 @@ from finexp.analysis import attributions as attr
 from finexp.analysis import fairness as fair
 from finexp.analysis import metrics as m
 from finexp.analysis import plots
-from finexp.analysis.report import Section, table, write_report
+from finexp.analysis.model_card import Section, table, write_report
 from finexp.progress import progress
 from finexp.records import write_json
 

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from finexp.analysis.pipeline import log_images, run_sections
 from finexp.analysis.plots import decile_png, residuals_png
-from finexp.analysis.report import Section, table, write_report
+from finexp.analysis.model_card import Section, table, write_report
 from finexp.records import write_json
 
 log = logging.getLogger("finexp")

@@ -174,7 +174,7 @@ def _latex(frame: pd.DataFrame, by: str, options: Options) -> str:
 def _html(text: str, directory: Path) -> str:
     """One self-contained page: the Markdown report as HTML with its PNG figures inlined as data URIs.
 
-    Not finexp.analysis.report.render_html: importing finexp.analysis loads captum (seconds per report)."""
+    Not finexp.analysis.model_card.render_html: importing finexp.analysis loads captum (seconds per report)."""
     import base64
     import re
 
