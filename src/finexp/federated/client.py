@@ -378,7 +378,10 @@ def client_loader(
 
     def loader(server_round: int) -> DataLoader:
         if poisson:
-            batches = PoissonBatchSampler(len(subset), batch_size, seed=seed + 7919 * server_round)
+            # DP-SGD's amplification by sampling holds only if no one can tell which rows a batch drew: the draw
+            # comes from fresh OS entropy, not from the seed in the run config the coordinator holds (44 bits: the
+            # sampler's seed x 100_003 + epoch stays a 64-bit torch seed).
+            batches = PoissonBatchSampler(len(subset), batch_size, seed=secrets.randbits(44))
             return DataLoader(subset, batch_sampler=batches, collate_fn=collate)
         sampler = LengthGroupedSampler(
             subset.lengths, batch_size, seed=seed + 7919 * server_round, window_batches=50 if group_by_length else 0
