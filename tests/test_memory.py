@@ -91,6 +91,26 @@ def test_the_estimate_is_within_25_percent_of_the_measured_peak(make_cfg, headli
     assert abs(estimate.total / measured - 1) <= 0.25, (estimate.total, measured)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "tokens", "prefix"),
+    [
+        (["model=tiny_llama", "adapter=prompt_tuning"], 64 + 20, 0),  # 20 virtual tokens open every sequence
+        (["model=tiny_llama", "adapter=prefix_tuning"], 64, 20),  # 20 more keys and values in every layer
+        (["model=tiny_gpt", "adapter=prefix_tuning"], 64, 20),
+    ],
+    ids=["llama-prompt", "llama-prefix", "gpt-prefix"],
+)
+def test_prompt_and_prefix_tuning_are_estimated_with_their_virtual_tokens(
+    make_cfg, headlines, overrides, tokens, prefix
+):
+    cfg = make_cfg(*text_task(headlines), *overrides, "adapter.num_virtual_tokens=20", *SHAPE)
+    estimate, model = _estimate_and_model(cfg)  # built on meta: the adapter's forward check is skipped there
+    assert (estimate.shape.tokens, estimate.shape.prefix_tokens) == (tokens, prefix)
+    assert estimate.trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)  # the prompt's
+    assert estimate.weights == memory.resident_bytes(model)
+    assert abs(estimate.total / _measured_peak(model, cfg) - 1) <= 0.15, estimate.total
+
+
 @needs_bitsandbytes
 def test_a_4bit_base_is_estimated_from_its_config_alone(make_cfg, headlines, llama_dir, monkeypatch):
     cfg = make_cfg(*text_task(headlines), *hf_llama(llama_dir), "adapter=qlora", *SHAPE)

@@ -181,8 +181,14 @@ class PromptTunedEncoder(nn.Module):
 
 
 def _check_forward(model: nn.Module, method: str) -> None:
-    """Run two tokens through the wrapped encoder: some architectures reject prompts only at forward time."""
+    """Run two tokens through the wrapped encoder: some architectures reject prompts only at forward time.
+
+    Skipped for a model built with its parameters on the meta device (the memory estimate's): nothing can run
+    there, and the real build checks again.
+    """
     device = next(model.parameters()).device
+    if device.type == "meta":
+        return
     ids = torch.ones(1, 2, dtype=torch.long, device=device)
     try:
         with torch.no_grad():
