@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from finexp.config import ConfigError, validate_config
 from finexp.data.ner import IGNORE
 from finexp.data.packing import PackedCollator, PackedDataset, pack_rows
 from finexp.models.causal_lm import CausalLM
+from finexp.train import train
 
 QA = [
     ("how do i reset my pin", "use the app settings to reset your pin"),
@@ -112,3 +114,23 @@ def test_packing_is_refused_where_a_row_is_not_read_on_its_own(make_cfg, overrid
         ConfigError, match=rf"data\.packing=true cannot be combined with {message}.*data\.packing=false"
     ):
         validate_config(cfg)
+
+
+def test_a_packed_instruction_tuning_run_learns_the_answers_and_records_the_packing(make_cfg, qa_jsonl):
+    cfg = make_cfg(
+        "task=answer_generation",
+        "model=tiny_llama",
+        f"data.path={qa_jsonl}",
+        "data.packing=true",
+        "data.max_length=64",  # a row is 14-20 tokens: 3-4 rows per sequence
+        "data.batch_size=2",
+        "trainer.max_epochs=20",
+        "optimizer.lr=1e-2",
+        "task.generation.num_examples=0",
+        "task.generation.max_new_tokens=12",
+    )
+    metrics = train(cfg)
+    packing = json.loads((Path(cfg.paths.output_dir) / "run_info.json").read_text())["packing"]
+    assert packing["rows"] == 42 and packing["sequences"] <= 42 // 3 and packing["capacity"] == 64
+    # chance: a uniform guess over the 1,491-token vocabulary has loss ln(1491) = 7.3 and ROUGE-L about 0
+    assert metrics["val/loss"] < 1.5 and metrics["test/rouge_l"] > 0.6

@@ -45,6 +45,7 @@ def datamodule(
         data_source(cfg, source),
         prompt_column=cfg.task.text_column,
         response_column=cfg.task.label_column,
+        packing=cfg.data.packing,
         **splits_and_batches(cfg),
     )
 

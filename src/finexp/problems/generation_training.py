@@ -73,7 +73,12 @@ class LanguageModelObjective(Objective):
         super().__init__([])
 
     def forward(self, module: TrainingModule, batch: Batch) -> torch.Tensor:
-        """``(batch, tokens, vocabulary)`` next-token logits."""
+        """``(batch, tokens, vocabulary)`` next-token logits; packed batches (``data.packing``) bring position ids
+        that restart per row, which keep the rows from attending to each other (:mod:`finexp.data.packing`)."""
+        if "position_ids" in batch:
+            return module.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+            )
         return module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
 
     def loss(self, module: TrainingModule, raw: torch.Tensor, batch: Batch) -> torch.Tensor:
