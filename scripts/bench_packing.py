@@ -25,7 +25,22 @@ from hydra import compose, initialize_config_dir
 from finexp import build
 from finexp.config import config_dir
 
-WORDS = "loan card rate fee account transfer balance limit credit payment branch mortgage deposit savings".split()
+WORDS = [
+    "loan",
+    "card",
+    "rate",
+    "fee",
+    "account",
+    "transfer",
+    "balance",
+    "limit",
+    "credit",
+    "payment",
+    "branch",
+    "mortgage",
+    "deposit",
+    "savings",
+]
 
 
 def rows(n: int, seed: int) -> pd.DataFrame:
