@@ -8,6 +8,7 @@ breaks the day that something stops depending on it. Import names map to distrib
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from collections.abc import Mapping
 from importlib.metadata import packages_distributions
@@ -93,3 +94,55 @@ def test_the_check_maps_import_names_to_distributions_and_names_what_is_missing(
     assert "provided by PyYAML, which pyproject.toml does not declare" in problems["yaml"]
     assert "no installed distribution provides it" in problems["not_a_real_package_xyz"]
     assert undeclared(imports, declared | {"pyyaml"}, packages_distributions()).keys() == {"not_a_real_package_xyz"}
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    return {canonical(re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", r).group(1)) for r in requirements}
+
+
+def test_optional_stacks_are_extras_and_dev_installs_every_extra():
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    extras = project["optional-dependencies"]
+    core = _requirement_names(project["dependencies"])
+    moved = {"serve": {"fastapi", "uvicorn", "pydantic", "starlette"}, "privacy": {"opacus"}, "explain": {"captum"}}
+    for extra, names in moved.items():
+        assert names <= _requirement_names(extras[extra]), extra
+        assert not names & core, f"{sorted(names & core)} belong to finexp[{extra}], not the core dependencies"
+    dev = set(extras["dev"])
+    assert {f"finexp[{name}]" for name in extras if name != "dev"} <= dev  # CI's `pip install -e .[dev]`: all
+
+
+def test_a_missing_optional_stack_stops_with_one_message_naming_its_extra():
+    """Simulated absence (sys.modules[name] = None: find_spec says missing, an import fails): runs that need none
+    of the stacks still import and build; those that do are told which extra to install."""
+    script = """
+import sys
+for name in ("opacus", "captum", "fastapi", "uvicorn"):
+    sys.modules[name] = None
+import finexp.analysis.pipeline  # the trust report without explanations needs no captum
+from omegaconf import OmegaConf
+from finexp.config.checks import validate_analysis, validate_serving
+from finexp.extras import MissingExtraError
+from finexp.privacy import build_privacy
+
+assert build_privacy("label_dp", epsilon=1.0).dp_sgd is None
+analysis = OmegaConf.load("conf/analysis/default.yaml")
+validate_analysis(analysis)
+for call in (
+    lambda: build_privacy("dp_sgd", epsilon=1.0),
+    lambda: validate_analysis(OmegaConf.merge(analysis, {"explain": True})),
+    lambda: validate_serving(OmegaConf.create({"ckpt": "a.ckpt", "serve": {"port": 8000}})),
+):
+    try:
+        call()
+    except MissingExtraError as err:
+        print(err)
+"""
+    root = PYPROJECT.parent
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == [
+        "privacy=dp_sgd needs opacus, which is not installed: pip install 'finexp[privacy]'",
+        "analysis.explain=true needs captum, which is not installed: pip install 'finexp[explain]'",
+        "finexp-serve needs fastapi, uvicorn, which are not installed: pip install 'finexp[serve]'",
+    ]

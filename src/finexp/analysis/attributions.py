@@ -1,5 +1,5 @@
-"""Token attributions by integrated gradients over the embedding layer (Captum), summed per word and per source
-column of a serialized table row, and rendered as a self-contained HTML page."""
+"""Token attributions by integrated gradients over the embedding layer (Captum, ``finexp[explain]``), summed per
+word and per source column of a serialized table row, and rendered as a self-contained HTML page."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from captum.attr import LayerIntegratedGradients
 from torch import nn
 
+from finexp.extras import require_extra
 from finexp.progress import progress
 
 
@@ -90,6 +90,9 @@ def integrated_gradients(
         if binary:
             return logits[:, 1] - logits[:, 0]
         return logits.log_softmax(-1)[:, target]
+
+    require_extra("explain", "explanations (analysis.explain, finexp-explain, finexp-predict explain=true)")
+    from captum.attr import LayerIntegratedGradients
 
     ig = LayerIntegratedGradients(score, _embedding_layer(model))
     explanations = []

@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from finexp.config.schema import ALLOWED
+from finexp.extras import require_extra
 from finexp.problems.capabilities import ConfigError
 from finexp.problems.capabilities import require as _require
 from finexp.problems.compat import check_compatibility
@@ -503,10 +504,14 @@ def validate_analysis(analysis: DictConfig | None) -> None:
     _require(analysis.ig_steps >= 2, "analysis.ig_steps", analysis.ig_steps, "must be >= 2")
     _require(analysis.top_words >= 1, "analysis.top_words", analysis.top_words, "must be >= 1")
     _require(analysis.fairness_at in where, "analysis.fairness_at", analysis.fairness_at, f"one of {', '.join(where)}")
+    if analysis.explain:  # before training, not when the report is written at its end
+        require_extra("explain", "analysis.explain=true")
 
 
 def validate_serving(cfg: DictConfig) -> None:
     """Value checks of ``finexp-predict`` (``conf/predict.yaml``) and ``finexp-serve`` (``conf/serve.yaml``)."""
+    if OmegaConf.select(cfg, "serve") is not None:  # finexp-serve: its HTTP stack is an extra
+        require_extra("serve", "finexp-serve")
     for key in ("chunk_rows", "batch_size", "serve.max_batch", "serve.batch_size"):
         value = OmegaConf.select(cfg, key)
         _require(value is None or value >= 1, key, value, "must be >= 1")

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pytorch_lightning as pl
 
-from finexp.privacy.dp_sgd import DPSGD
+from finexp.extras import require_extra
 from finexp.privacy.errors import PrivacyError
 from finexp.privacy.label_dp import LabelRandomizer
 from finexp.privacy.pii import PII_TYPES, PIIMasker
 from finexp.privacy.sampling import PoissonBatchSampler
 
+if TYPE_CHECKING:
+    from finexp.privacy.dp_sgd import DPSGD
+
 __all__ = [
-    "DPSGD",
     "PII_TYPES",
     "LabelRandomizer",
     "PIIMasker",
@@ -91,6 +93,9 @@ def build_privacy(
         )
     plan = PrivacyPlan(masker=masker, label_column=label_column)
     if name == "dp_sgd":
+        require_extra("privacy", "privacy=dp_sgd")
+        from finexp.privacy.dp_sgd import DPSGD  # Opacus (finexp[privacy]): only DP-SGD runs import it
+
         plan.dp_sgd = DPSGD(**options)
     elif name == "label_dp":
         plan.labels = LabelRandomizer(seed=seed, **options)
