@@ -337,7 +337,7 @@ def run_sections(
     command: str | None,
 ) -> list[Section]:
     """The model-card header: task and data, model and strategy, privacy (when on), the reproducing command."""
-    task, data, model = config.get("task", {}), config.get("data", {}), config.get("model", {})
+    task, data, model = config["task"], config["data"], config["model"]  # a resolved config: every group is there
     body = [f"**{task.get('name')}** — {task.get('description') or task.get('problem')}", ""]
     source = data.get("rdataset") or data.get("path") or data.get("train_path")
     body += [
@@ -360,7 +360,10 @@ def run_sections(
     body.append(table(rows))
     sections = [Section("Task and data", "\n".join(body))]
 
-    adapter = config.get("choices", {}).get("adapter") or config.get("adapter", {}).get("_target_", "?")
+    # Hydra's group choices: finexp-train records them, finexp-eval has none; a hand-written config (a report of
+    # predictions made elsewhere) may name no adapter at all
+    choices = config.get("choices")
+    adapter = choices["adapter"] if choices else config.get("adapter", {}).get("_target_", "?")
     trainable = metrics.get("params/trainable")
     lines = [
         f"Model: **{model.get('name')}** (`{model.get('name_or_path') or 'random init from model.architecture'}`), "
@@ -371,15 +374,15 @@ def run_sections(
             f"Trainable parameters: {int(trainable):,} of {int(metrics['params/total']):,} "
             f"({metrics['params/trainable_pct']:.2f}%)."
         )
-    optimizer = config.get("optimizer", {})
+    optimizer = config["optimizer"]
     line = f"Optimizer `{optimizer.get('_target_')}` lr {optimizer.get('lr')}; seed {config.get('seed')}"
     if "time/fit_s" in metrics:
         line += f"; epochs run: {metrics.get('epochs')}; fit time {metrics['time/fit_s']:.1f} s"
     lines.append(line + ".")
     sections.append(Section("Model and strategy", "\n\n".join(lines)))
 
-    privacy = config.get("privacy", {})
-    if privacy.get("name", "none") != "none" or privacy.get("mask_pii"):
+    privacy = config["privacy"]
+    if privacy["name"] != "none" or privacy.get("mask_pii"):  # absent from a hand-written config: off
         settings = {k: v for k, v in privacy.items() if not isinstance(v, dict | list)}
         body = [
             f"Mechanism: **{privacy.get('name')}**"

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from finexp.analysis.model_card import Section, table, write_report
 from finexp.analysis.pipeline import log_images, run_sections
 from finexp.analysis.plots import decile_png, residuals_png
-from finexp.analysis.model_card import Section, table, write_report
 from finexp.records import write_json
 
 log = logging.getLogger("finexp")
@@ -144,7 +144,7 @@ def analyze_regression(
     if config is not None:
         rows, prints = rows_per_split or {}, fingerprints or {}
         header = run_sections(config, [target], {s: [n] for s, n in rows.items()}, prints, metrics or {}, command)
-        task, data = config.get("task", {}), config.get("data", {})
+        task, data = config["task"], config["data"]
         split_rows = [{"split": s, "rows": n, "fingerprint": f"`{prints.get(s, '')[:16]}`"} for s, n in rows.items()]
         body = [
             f"**{task.get('name')}** — {task.get('description') or 'regression'}",

@@ -91,7 +91,7 @@ def datamodule(
         max_length=data.max_length,
         batching=batching_from(cfg),
         cache_dir=data.cache_dir,
-        tokenize_workers=data.get("tokenize_workers", 1),
+        tokenize_workers=data.tokenize_workers,
         label_names=label_names,
         preprocess=masking,
         train_label_transform=privacy.labels if privacy is not None else None,

@@ -63,15 +63,15 @@ def batching_from(cfg: DictConfig) -> Batching:
     from finexp.data.batching import build_batching
 
     data, trainer = cfg.data, cfg.trainer
-    devices = trainer.get("devices", 1)
+    devices = trainer.get("devices", 1)  # trainer is Lightning's kwargs (untyped): absent = Lightning's default
     return build_batching(
         data.batch_size,
         data.eval_batch_size,
         data.group_by_length,
         cfg.seed,
-        num_workers=data.get("num_workers", "auto"),
-        pin_memory=data.get("pin_memory", "auto"),
-        accelerator=str(trainer.get("accelerator", "auto")),
+        num_workers=data.num_workers,
+        pin_memory=data.pin_memory,
+        accelerator=str(trainer.get("accelerator", "auto")),  # Lightning's default
         processes_per_node=devices if isinstance(devices, int) and devices > 0 else 1,
     )
 

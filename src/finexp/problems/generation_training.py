@@ -138,7 +138,7 @@ class GenerationModule(TrainingModule):
         self.test_rouge_l = MeanMetric()
 
     def _nll(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return response_nll(self.objective.forward(self, batch), batch["labels"])
+        return response_nll(self.model_output(batch), batch["labels"])
 
     # ----------------------------------------------------------------------------------------------------------
     # Decoding

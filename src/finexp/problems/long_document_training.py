@@ -104,13 +104,13 @@ class LongDocumentModule(TrainingModule):
         self.test_documents = DocumentAggregator(aggregate)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self.val_documents.update(self.objective.forward(self, batch), batch["labels"], batch["doc"])
+        self.val_documents.update(self.model_output(batch), batch["labels"], batch["doc"])
 
     def on_validation_epoch_end(self) -> None:
         self._score("val", self.val_documents)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        self.test_documents.update(self.objective.forward(self, batch), batch["labels"], batch["doc"])
+        self.test_documents.update(self.model_output(batch), batch["labels"], batch["doc"])
 
     def on_test_epoch_end(self) -> None:
         self._score("test", self.test_documents)
@@ -130,7 +130,7 @@ class LongDocumentModule(TrainingModule):
         documents.reset()
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, torch.Tensor]:
-        logits = self.objective.forward(self, batch)
+        logits = self.model_output(batch)
         return {"doc": batch["doc"], "logits": logits, "labels": batch["labels"]}
 
     def predictions_table(self, outputs: list[dict[str, torch.Tensor]], texts: list[str]) -> pd.DataFrame:

@@ -160,11 +160,22 @@ class TrainingModule(pl.LightningModule):
             self.predictions_table = table
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        features: torch.Tensor | None = None,
+        raw: bool = False,
     ) -> torch.Tensor:
+        """The objective's output (logits; a regression's prediction on the target's scale); ``raw``: the model's
+        own output, what the loss takes (the steps run the model through here, so hooks on the module fire)."""
         # text only when `features` is None (adapters/explanations may wrap a model that takes no `features`)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "features": features}
-        return self.objective.output(self, self.objective.forward(self, batch))
+        out = self.objective.forward(self, batch)
+        return out if raw else self.objective.output(self, out)
+
+    def model_output(self, batch: Batch) -> torch.Tensor:
+        """The model's raw output for a batch, through :meth:`forward` (DP-SGD hooks the module's forward)."""
+        return self(batch["input_ids"], batch["attention_mask"], batch.get("features"), raw=True)
 
     # ----------------------------------------------------------------------------------------------------------
     # Training
@@ -172,7 +183,7 @@ class TrainingModule(pl.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         if batch["labels"].numel() == 0:  # an empty Poisson-sampled batch (DP-SGD): no loss; the noisy step still runs
             return None
-        raw = self.objective.forward(self, batch)
+        raw = self.model_output(batch)
         loss, parts = self.objective.training_loss(self, raw, batch)
         if self.objective.track_padding:
             mask = batch["attention_mask"]
@@ -203,7 +214,7 @@ class TrainingModule(pl.LightningModule):
     # Validation, test, predict
     # ----------------------------------------------------------------------------------------------------------
     def _evaluate(self, stage: str, batch: Batch) -> None:
-        raw = self.objective.forward(self, batch)
+        raw = self.model_output(batch)
         loss = self.objective.loss(self, raw, batch)
         metrics = getattr(self, f"{stage}_metrics")
         if metrics is not None:
@@ -234,7 +245,7 @@ class TrainingModule(pl.LightningModule):
         self._log_metrics("test")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Any]:
-        return self.objective.predict(self, self.objective.forward(self, batch), batch)
+        return self.objective.predict(self, self.model_output(batch), batch)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.label_names:  # plain strings only, so the checkpoint still loads with torch.load(weights_only=True)
