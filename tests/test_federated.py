@@ -358,7 +358,7 @@ def test_central_dp_adaptive_noise_follows_the_bound_that_clipped_the_round(make
         (["federated.central_dp.enabled=true", "federated.central_dp.clipping=median"], "central_dp.clipping"),
         (["federated.dp.enabled=true", "federated.dp.noise_multiplier=1.0"], "exactly one"),
         (["trainer=ddp_cpu"], "trainer.devices"),
-        (["federated.secure_aggregation=true"], r"secure_aggregation=true is not available.*legacy ServerApp"),
+        (["federated.secure_aggregation=true", "federated.central_dp.enabled=true"], "hides every update"),
     ],
 )
 def test_bad_federated_configs_are_rejected(make_cfg, overrides, message):
@@ -405,3 +405,33 @@ def test_simulation_runtime_trains_in_ray_workers_what_the_in_process_runtime_tr
     for got, want in zip(result.last, local.last, strict=True):  # the same rows, seeds and rounds: the same model
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     assert not np.allclose(result.last[-1], simulated.federation.initial[-1])  # and the rounds did train
+
+
+def test_secure_aggregation_gives_fedavgs_aggregate_and_the_coordinator_no_single_update(make_cfg, sentiment_csv):
+    args = ("federated.partition=dirichlet", "federated.alpha=1.0", "optimizer.lr=3e-3")
+    plain = _federation(make_cfg, sentiment_csv, *args)
+    expected, plain_record = plain.fit_round(1, plain.initial_arrays())
+    secure = _federation(make_cfg, sentiment_csv, *args, "federated.secure_aggregation=true")
+    grid = secure.grid.grid  # the in-process grid: record every reply that reaches the coordinator
+    pulled, pull = [], grid.pull_messages
+    grid.pull_messages = lambda ids: [pulled.append(m) or m for m in pull(ids)]
+    got, record = secure.fit_round(1, secure.initial_arrays())
+
+    # SecAgg+ quantizes each node's parameters x rows / secure_max_rows (1000) in steps of 2 * 8 / 2**22: the mean
+    # is off by at most nodes x step / (total rows / 1000); a mean weighted otherwise would be off by far more
+    rows = [c["rows"] for c in secure.clients]
+    bound = 3 * (2 * 8.0 / 2**22) / (sum(rows) / 1000)
+    unweighted = plain.last_replies
+    for i, (g, e) in enumerate(zip(ordered(got, secure.names), ordered(expected, plain.names), strict=True)):
+        np.testing.assert_allclose(g, e, rtol=0, atol=1.2 * bound)
+        if i == len(secure.names) - 2:  # the head's weight: the unweighted mean is > 10 bounds away
+            mean = sum(ordered(r.content["arrays"], plain.names)[i] for r in unweighted) / 3
+            assert np.abs(mean - e).max() > 10 * bound
+    assert record.clients == ["0", "1", "2"] and not record.failures
+    assert len(pulled) == 4 * 3  # four SecAgg+ stages (keys, key shares, masked vectors, unmasking) x three nodes
+    assert all(len(a) == 0 for m in pulled for a in m.content.array_records.values())  # no parameters in the clear
+    assert record.bytes_up > plain_record.bytes_up  # masked vectors (64-bit integers), keys and shares
+    # down: the float32 model once per node (SecAgg+ dequantizes to float64; the global model keeps float32) + keys
+    assert plain_record.bytes_down < record.bytes_down < 1.01 * plain_record.bytes_down
+    assert {a.dtype for a in ordered(got, secure.names)} == {np.dtype(np.float32)}
+    assert secure._strategy_name() == "FedAvg + SecAgg+"

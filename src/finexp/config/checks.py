@@ -404,11 +404,11 @@ def _validate_federated(cfg: DictConfig) -> None:
         _require(0 < dp.delta < 1, "federated.dp.delta", dp.delta, "must be in (0, 1)")
     _validate_central_dp(fed.central_dp)
     if fed.secure_aggregation:
+        _require(fed.secure_max_rows >= 1, "federated.secure_max_rows", fed.secure_max_rows, "must be >= 1")
+    if fed.secure_aggregation and fed.central_dp.enabled:
         raise ConfigError(
-            "federated.secure_aggregation=true is not available: Flower's SecAgg+ (flwr 1.32: SecAggPlusWorkflow with "
-            "secaggplus_mod) runs only inside the legacy ServerApp workflow (LegacyContext, flwr.server.strategy, "
-            "FitIns/FitRes), not with the Message-API strategies finexp drives; set it to false (federated.central_dp "
-            "or federated.dp bound what the coordinator learns from an update instead)"
+            "federated.secure_aggregation=true hides every update from the coordinator, which "
+            "federated.central_dp must clip one by one; use federated.dp.enabled=true (clip and noise on each node)"
         )
     kind = cfg.model.kind
     _require(kind == "transformer", "model.kind", kind, "federated runs fine-tune a transformer (not a baseline)")

@@ -457,7 +457,8 @@ class FederatedConfig:
     min_available_nodes: int | None = None  # nodes a round waits for; null: num_clients
     accept_failures: bool = False  # true: a round goes on with the nodes that answered (failures recorded)
     timeout: float = 3600.0  # seconds a round waits for the nodes' replies
-    secure_aggregation: bool = False  # SecAgg+: refused (Flower 1.32 has it only in the legacy workflow)
+    secure_aggregation: bool = False  # SecAgg+ masks: the coordinator gets only the nodes' weighted mean
+    secure_max_rows: int = 1000  # SecAgg+: the most rows a node may hold (its weight); ~ the largest node's rows
 
 
 @dataclass

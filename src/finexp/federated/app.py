@@ -48,8 +48,15 @@ def ordered(record: ArrayRecord, names: Sequence[str]) -> list[np.ndarray]:
 
 
 def record_bytes(content: RecordDict) -> int:
-    """Bytes of the parameters a message carries (the ``.npy`` buffers of its ``ArrayRecord``s)."""
-    return sum(len(a.data) for record in content.array_records.values() for a in record.values())
+    """Bytes of the parameters a message carries: the ``.npy`` buffers of its ``ArrayRecord``s, and the bytes in its
+    ``ConfigRecord``s (where SecAgg+ carries masked vectors, keys and key shares)."""
+    arrays = sum(len(a.data) for record in content.array_records.values() for a in record.values())
+    blobs = 0
+    for record in content.config_records.values():
+        for value in record.values():
+            items = value if isinstance(value, list) else [value]
+            blobs += sum(len(v) for v in items if isinstance(v, bytes))
+    return arrays + blobs
 
 
 def _single(records: Mapping[str, object], kind: str) -> tuple[str, object]:
@@ -64,26 +71,40 @@ def _load_history(context: Context) -> list[tuple]:
     return [(float(flat[i]), float(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)]
 
 
+def _save_history(context: Context, node: LocalNode) -> None:
+    if node.dp_history:
+        flat = [float(x) for entry in node.dp_history for x in entry]
+        context.state[DP_SGD_STATE] = ConfigRecord({"history": flat})
+
+
 def make_client_app(node_for: NodeResolver, mods: Sequence[Callable] = ()) -> ClientApp:
     """The ``ClientApp`` training whatever node ``node_for(context)`` names on each ``train`` message.
 
+    SecAgg+ messages (``federated.secure_aggregation=true``) go through Flower's ``secaggplus_mod`` first
+    (:func:`~finexp.federated.secure_aggregation.secure_aggregation_mod`, always in the chain: the coordinator
+    decides, a node needs no setting of its own).
+
     Args:
         node_for: the node of the SuperNode (or in-process node) a message is addressed to.
-        mods: Flower mods around the handlers (e.g. ``secaggplus_mod`` for secure aggregation).
+        mods: more Flower mods around the handlers.
     """
-    app = ClientApp(mods=list(mods))
+    from finexp.federated.secure_aggregation import LEGACY_PARAMETERS, legacy_train_reply, secure_aggregation_mod
+
+    app = ClientApp(mods=[secure_aggregation_mod, *mods])
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
+        node = node_for(context)
+        node.dp_history = _load_history(context)
+        if LEGACY_PARAMETERS in message.content.array_records:  # SecAgg+'s masked-vectors stage
+            reply = legacy_train_reply(message, node)
+            _save_history(context, node)
+            return reply
         key, arrays = _single(message.content.array_records, "ArrayRecord")
         configs = message.content.config_records
         config = dict(next(iter(configs.values()))) if configs else {}
-        node = node_for(context)
-        node.dp_history = _load_history(context)
         new, rows, metrics = node.train(from_record(arrays), config)  # type: ignore[arg-type]
-        if node.dp_history:
-            flat = [float(x) for entry in node.dp_history for x in entry]
-            context.state[DP_SGD_STATE] = ConfigRecord({"history": flat})
+        _save_history(context, node)
         content = RecordDict(
             {
                 key: to_record(new),

@@ -10,6 +10,7 @@ answered, and which failed (an error reply or no reply before the timeout).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import traceback
@@ -70,7 +71,9 @@ class InProcessGrid(Grid):
                 reply = Message(Error(ErrorCode.NODE_UNAVAILABLE, "no such node"), reply_to=message)
             else:
                 try:
-                    reply = self.app(message, context)
+                    # Each node gets its own copy, as over a wire: a strategy may send one content object to every
+                    # node (SecAgg+ does), and a ClientApp may change what it received (secaggplus_mod does).
+                    reply = self.app(copy.deepcopy(message), context)
                 except Exception as err:
                     reason = "".join(traceback.format_exception_only(type(err), err)).strip()
                     reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)

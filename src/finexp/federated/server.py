@@ -102,15 +102,7 @@ class CentralDP:
 
     def wrap(self, strategy: Strategy, num_sampled: int) -> Strategy:
         """``strategy`` inside Flower's server-side clipping wrapper, aggregating by :data:`UNIT_WEIGHT`."""
-        from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, MultiKrum, QFedAvg
-
-        # All of Flower's strategies subclass FedAvg; these select, trim or re-weight instead of averaging.
-        not_a_mean = (Bulyan, FedMedian, FedTrimmedAvg, MultiKrum, QFedAvg)
-        if not isinstance(strategy, FedAvg) or isinstance(strategy, not_a_mean):
-            raise FinexpError(
-                f"federated.central_dp needs a strategy that averages updates (FedAvg, FedProx, FedAdam, ...); "
-                f"{type(strategy).__name__} selects or trims them, so the noise calibrated to a mean does not apply"
-            )
+        check_averaging(strategy, "federated.central_dp")
         strategy.weighted_by_key = UNIT_WEIGHT
         if self.clipping == "fixed":
             return DifferentialPrivacyServerSideFixedClipping(
@@ -137,6 +129,19 @@ class CentralDP:
         (RDP accountant; sample rate 1: Flower samples a fixed number of nodes, not Poisson, so no amplification by
         sampling is claimed; adaptive clipping's noisy count is within the same budget, as Flower splits it)."""
         return ClientDP(self.clipping_norm, self.noise_multiplier).epsilon(self.delta, rounds)
+
+
+def check_averaging(strategy: Strategy, key: str) -> None:
+    """Refuse a strategy that does not average the updates (``key`` needs their mean, not each one)."""
+    from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, MultiKrum, QFedAvg
+
+    # All of Flower's strategies subclass FedAvg; these select, trim or re-weight instead of averaging.
+    not_a_mean = (Bulyan, FedMedian, FedTrimmedAvg, MultiKrum, QFedAvg)
+    if not isinstance(strategy, FedAvg) or isinstance(strategy, not_a_mean):
+        raise FinexpError(
+            f"{key} needs a strategy that averages updates (FedAvg, FedProx, FedAdam, ...); "
+            f"{type(strategy).__name__} selects or trims them"
+        )
 
 
 @contextmanager
@@ -307,6 +312,8 @@ class Federation:
         label_skew: the partitions' label skew (None when the coordinator cannot know it: a deployment).
         dp: client-side DP of each update; ``dp_delta`` is the δ its ε is stated at.
         central_dp: central DP on the coordinator (the strategy inside Flower's server-side clipping wrapper).
+        secure: SecAgg+ (:class:`~finexp.federated.secure_aggregation.SecureAggregation`): the coordinator gets
+            only the nodes' mean; None: each node's update in the clear.
         seed: seeds node sampling (with the round number).
         timeout: seconds to wait for the nodes' replies in a round.
         accept_failures: a round goes on with the nodes that answered (the failures are recorded); False: any
@@ -337,6 +344,7 @@ class Federation:
         dp: ClientDP | None = None,
         dp_delta: float | None = None,
         central_dp: CentralDP | None = None,
+        secure: Any = None,
         seed: int = 0,
         timeout: float = 3600.0,
         accept_failures: bool = False,
@@ -361,6 +369,7 @@ class Federation:
         self.label_skew = label_skew
         self.dp, self.dp_delta = dp, dp_delta
         self.central_dp = central_dp
+        self.secure = secure
         self.node_privacy: dict[str, dict[str, Any]] = {}
         self.seed = seed
         self.timeout = timeout
@@ -387,6 +396,14 @@ class Federation:
                 f"federated.strategy built a {type(built).__qualname__}, not a flwr.serverapp.strategy.Strategy"
             )
         self.inner = built  # the aggregation itself (what holds FedAdam's moments)
+        self._secure_nodes: list[str] = []
+        if secure is not None:
+            if central_dp is not None:
+                raise FinexpError(
+                    "federated.secure_aggregation=true hides every update from the coordinator, which central DP "
+                    "(federated.central_dp) must clip one by one; use federated.dp (clipped and noised on each node)"
+                )
+            check_averaging(built, "federated.secure_aggregation=true")
         self.strategy: Strategy = built
         if central_dp is not None:
             fraction = float(getattr(built, "fraction_train", 1.0))
@@ -420,7 +437,10 @@ class Federation:
             messages = list(self.strategy.configure_train(server_round, arrays, ConfigRecord(), self.grid))
         if not messages:
             raise FinexpError(f"round {server_round}: the strategy chose no nodes")
-        replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        if self.secure is None:
+            replies = list(self.grid.send_and_receive(messages, timeout=self.timeout))
+        else:
+            replies = [self._secure_mean(server_round, messages)]
         traffic = self.grid.traffic
         record = RoundRecord(server_round, {}, bytes_down=traffic.bytes_down, bytes_up=traffic.bytes_up)
         record.failures = [{"node": self._name(f["node"]), "reason": f["reason"]} for f in traffic.failures]
@@ -435,7 +455,7 @@ class Federation:
         answered = [r for r in replies if not r.has_error()]
         if not answered:
             raise FinexpError(f"round {server_round}: no node answered ({len(record.failures)} failed)")
-        record.clients = [self._reply_name(r) for r in answered]
+        record.clients = [self._reply_name(r) for r in answered] if self.secure is None else self._secure_nodes
         self.last_replies = answered
         self._node_privacy(answered)
         if self.central_dp is None:
@@ -448,6 +468,24 @@ class Federation:
             record.train_loss = float(metrics["train_loss"])  # type: ignore[arg-type]
         record.seconds = time.perf_counter() - started
         return aggregated, record
+
+    def _secure_mean(self, server_round: int, messages: list[Message]) -> Message:
+        """SecAgg+ over the round's grid: one reply holding the nodes' row-weighted mean (what the strategy then
+        aggregates: FedAvg keeps it, FedAdam takes its server step on it)."""
+        from flwr.app import MetricRecord, RecordDict
+
+        mean, metrics, rows = self.secure.mean(self.grid, messages, self.names, server_round)
+        self._secure_nodes = [str(m.get("node", node)) for node, m in sorted(metrics.items())]
+        for node, values in metrics.items():
+            if "privacy-epsilon" in values:
+                self.node_privacy[str(values.get("node", node))] = {
+                    k.removeprefix("privacy-").replace("-", "_"): float(v)
+                    for k, v in values.items()
+                    if k.startswith("privacy-")
+                }
+        arrays = to_record(dict(zip(self.names, mean, strict=True)))
+        content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": rows})})
+        return Message(content, dst_node_id=0, message_type="train")
 
     def _aggregate_privately(self, server_round: int, answered: list[Message], record: RoundRecord) -> tuple[Any, Any]:
         """Central DP's aggregate: every update clipped, the unweighted mean noised (fresh entropy)."""
@@ -585,7 +623,7 @@ class Federation:
         name = type(self.inner).__name__
         if self.central_dp is not None:
             return f"{name} + central DP ({self.central_dp.clipping} clipping)"
-        return name
+        return f"{name} + SecAgg+" if self.secure is not None else name
 
     # --- state --------------------------------------------------------------------------------------------------
 

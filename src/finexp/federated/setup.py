@@ -39,13 +39,6 @@ def check_runtime(fed: DictConfig) -> None:
             "federated.runtime=deployment needs federated.superlink=host:port (the SuperLink's Control API, "
             "e.g. 127.0.0.1:9093; start one with `finexp-federate serve`)"
         )
-    if fed.get("secure_aggregation"):
-        raise FinexpError(
-            "federated.secure_aggregation=true is not available: Flower's SecAgg+ (flwr 1.32: SecAggPlusWorkflow with "
-            "secaggplus_mod) runs only inside the legacy ServerApp workflow (LegacyContext, flwr.server.strategy, "
-            "FitIns/FitRes), not with the Message-API strategies finexp drives; set it to false (federated.central_dp "
-            "or federated.dp bound what the coordinator learns from an update instead)"
-        )
 
 
 def trainer_factory(cfg: DictConfig) -> Any:
@@ -96,6 +89,15 @@ def client_dp_from(cfg: DictConfig) -> Any:
     if fed.dp.noise_multiplier is not None:
         return ClientDP(fed.dp.clipping_norm, fed.dp.noise_multiplier)
     return ClientDP.for_epsilon(fed.dp.clipping_norm, fed.dp.epsilon, fed.dp.delta, fed.rounds)
+
+
+def secure_aggregation_from(cfg: DictConfig) -> Any:
+    """``federated.secure_aggregation=true``: SecAgg+ between the coordinator and the nodes (None: off)."""
+    if not cfg.federated.secure_aggregation:
+        return None
+    from finexp.federated.secure_aggregation import SecureAggregation
+
+    return SecureAggregation(max_weight=float(cfg.federated.secure_max_rows), timeout=cfg.federated.timeout)
 
 
 def central_dp_from(cfg: DictConfig) -> Any:
@@ -257,6 +259,7 @@ def _local_federation(cfg: DictConfig, module: pl.LightningModule, datamodule: A
         dp=dp,
         dp_delta=fed.dp.delta if dp is not None else None,
         central_dp=central_dp_from(cfg),
+        secure=secure_aggregation_from(cfg),
         seed=cfg.seed,
         timeout=fed.get("timeout", 3600.0),
         accept_failures=fed.get("accept_failures", False),
@@ -302,6 +305,7 @@ def coordinator_from(
         dp=dp,
         dp_delta=fed.dp.delta if dp is not None else None,
         central_dp=central_dp_from(cfg),
+        secure=secure_aggregation_from(cfg),
         seed=cfg.seed,
         timeout=fed.timeout,
         accept_failures=fed.accept_failures,
