@@ -251,9 +251,43 @@ class DeploymentRun:
                 )
             time.sleep(0.1)
         outcome = json.loads(outcome_path.read_text())
+        self._wait_finished(submitted)
         if outcome.get("status") != "completed":
             raise FinexpError(f"the federation's ServerApp failed: {outcome.get('error')}")
         return self._result()
+
+    def _wait_finished(self, submitted: str, seconds: float = 60.0) -> None:
+        """Wait until the SuperLink reports the run finished (``flwr ls``).
+
+        The ServerApp writes its outcome before its process has told the SuperLink it is done; a SuperLink stopped
+        in between leaves that ``flwr-serverapp`` process retrying for ever. Waiting here means whoever stops the
+        SuperLink after finexp-train returns leaves nothing behind.
+        """
+        try:
+            run_id = str(json.loads(submitted)["run-id"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("flwr run gave no run id (%s); not waiting for the SuperLink to finish it", submitted[-200:])
+            return
+        flwr = shutil.which("flwr")
+        home = self.run_dir / "flower_home"
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            done = subprocess.run(
+                [str(flwr), "ls", "finexp", "--run-id", run_id, "--format", "json"],
+                env={**os.environ, "FLWR_HOME": str(home)},
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            try:
+                runs = json.loads(done.stdout).get("runs") or []
+            except ValueError:
+                runs = []
+            if runs and str(runs[0].get("status", "")).startswith("finished"):
+                return
+            time.sleep(0.2)
+        log.warning("the SuperLink did not report run %s finished within %.0f s", run_id, seconds)
 
     def _result(self) -> FederationResult:
         state_dir = self.run_dir / STATE_DIR
