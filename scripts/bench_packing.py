@@ -4,7 +4,8 @@
     python scripts/bench_packing.py --quick    # 200 rows, tiny_llama (2 x 64): a smoke run, < 1 min
 
 Both runs read the same generated file through finexp's GenerationDataModule (tiny_llama's tokenizer), build the
-same model from the same seed and fit one epoch with Lightning at the same batch size (sequences per step). Packed,
+same model from the same seed and fit one epoch with Lightning at the same batch size (sequences per step), after a
+warm-up fit, interleaved, the faster of two fits each. Packed,
 each sequence holds several rows, so an epoch has fewer, fuller steps. Prints sequences, real tokens, pad fraction,
 epoch seconds and real tokens/s of each run, and the speed-up.
 """
@@ -61,6 +62,8 @@ def run(path: Path, packing: bool, args: argparse.Namespace, cache: Path) -> dic
         f"data.max_length={args.max_length}",
         f"data.batch_size={args.batch_size}",
         f"paths.cache_dir={cache}",
+        f"paths.log_dir={cache.parent}",  # outside a Hydra run: no ${hydra:...} directories
+        f"paths.output_dir={cache.parent / ('packed' if packing else 'unpacked')}",
         "seed=0",
     ]
     if not args.quick:  # a wider model: per-token compute dominates, as in a real LLM
@@ -117,7 +120,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "qa.jsonl"
         rows(n, seed=0).to_json(path, orient="records", lines=True)
-        results = {packing: run(path, packing, args, Path(tmp) / "cache") for packing in (False, True)}
+        run(path, True, args, Path(tmp) / "cache")  # warm-up: the first fit of a process pays one-off costs
+        results: dict[bool, dict[str, float]] = {}
+        for packing in (False, True, False, True):  # interleaved; the faster of two fits each
+            r = run(path, packing, args, Path(tmp) / "cache")
+            if packing not in results or r["seconds"] < results[packing]["seconds"]:
+                results[packing] = r
     print(f"{n} rows (70% train), max_length {args.max_length}, batch {args.batch_size} sequences, 1 epoch")
     print(f"{'':10} {'sequences':>10} {'steps':>6} {'tokens':>8} {'pad':>6} {'seconds':>8} {'tokens/s':>9}")
     for packing, r in results.items():
