@@ -11,7 +11,7 @@ table, summarizes it with ``finexp-report``, then measures the bytes of one roun
     python scripts/bench_federated.py --jobs 3              # the three arms at once (busy machines)
     python scripts/bench_federated.py --part summary --out DIR   # summarize runs already there
     python scripts/bench_federated.py --rounds 10 --lr 1e-3   # more rounds, a tuned client lr (target: within 0.02)
-    python scripts/bench_federated.py --part overhead       # deployment (SuperLink + 2 SuperNodes), simulation, in-process
+    python scripts/bench_federated.py --part overhead       # deployment (SuperLink + 2 nodes), simulation, in-process
     python scripts/bench_federated.py --quick               # a correctness check of the overhead part (tiny_bert)
 
 The overhead part runs the same tiny run on each runtime: federated.runtime=inprocess, simulation (Flower's Ray

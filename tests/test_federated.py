@@ -30,10 +30,10 @@ flwr = pytest.importorskip("flwr")  # the `federated` extra (pulled by `dev`)
 from flwr.app import ConfigRecord  # noqa: E402
 
 from finexp import FinexpError  # noqa: E402
-from finexp.federated.app import ordered, record_bytes  # noqa: E402
+from finexp.federated.arrays import ordered, record_bytes  # noqa: E402
 from finexp.federated.client import ClientDP, ProximalTerm  # noqa: E402
 from finexp.federated.server import STATE_DIR  # noqa: E402
-from finexp.federated.setup import check_runtime  # noqa: E402
+from finexp.federated.setup import check_runtime, federation_from  # noqa: E402
 
 FED = ["federated=fedavg", "federated.num_clients=3", "federated.rounds=2"]
 
@@ -120,7 +120,7 @@ def _federation(make_cfg, sentiment_csv, *overrides, output_dir=None):
     build.resolve_monitor(cfg, datamodule.num_labels)
     model = build.model_from(cfg, datamodule.num_labels, tokenizer)
     module = build.module_from(cfg, model, datamodule)
-    return build.federation_from(cfg, module, datamodule, loggers=[])
+    return federation_from(cfg, module, datamodule, loggers=[])
 
 
 def test_fedavg_aggregate_is_the_row_weighted_mean_of_client_parameters(make_cfg, sentiment_csv):

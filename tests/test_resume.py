@@ -69,7 +69,7 @@ def test_killed_run_resumed_from_last_checkpoint_matches_an_uninterrupted_run(ma
 
 def test_resume_keeps_the_run_directory_and_the_wandb_run(make_cfg):
     from finexp.config import run_dir_of
-    from finexp.train import _tracking
+    from finexp.training import _tracking
 
     ckpt = "/runs/credit/2026-11-29/06-48-05/checkpoints/last.ckpt"  # hydra.run.dir follows an explicit checkpoint
     assert run_dir_of(ckpt, "new") == "/runs/credit/2026-11-29/06-48-05"

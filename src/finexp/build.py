@@ -19,7 +19,6 @@ from transformers import PreTrainedTokenizerBase
 from finexp import FinexpError
 from finexp.adapters.checkpoint import TrainableOnlyCheckpoint
 from finexp.data.datamodule import DataSource
-from finexp.federated.setup import federation_from
 from finexp.methods.setfit import SetFit
 from finexp.models.backbone import build_tokenizer, max_positions
 from finexp.models.init_from import InitialWeights
@@ -31,7 +30,7 @@ from finexp.problems.common import plain as _plain
 from finexp.rules import RuleSet
 from finexp.targets import check_arguments, instantiate
 
-__all__ = [  # the public entry points, and the names re-exported from finexp.problems / finexp.federated
+__all__ = [  # the public entry points, and the names re-exported from finexp.problems
     "PROBLEMS",
     "Problem",
     "augmenter_from",
@@ -41,7 +40,6 @@ __all__ = [  # the public entry points, and the names re-exported from finexp.pr
     "class_weights",
     "datamodule_from",
     "distillation_module",
-    "federation_from",
     "fit_fusion_statistics",
     "fusion_columns",
     "loggers_from",

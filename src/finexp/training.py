@@ -390,9 +390,10 @@ def _federate(
 ) -> Any:
     """Federated training (``federated=...``): Flower rounds, then the best and last global models saved as this run's
     checkpoints (so validation, test, the report, finexp-eval and finexp-export read them as any run's)."""
+    from finexp.federated.setup import federation_from  # Flower loads only for federated runs
     from finexp.federated.simulation import save_checkpoints
 
-    federation = build.federation_from(cfg, module, datamodule, trainer.loggers).run()
+    federation = federation_from(cfg, module, datamodule, trainer.loggers).run()
     save_checkpoints(trainer, module, datamodule, federation)
     if trainer.is_global_zero:
         federation.write(output_dir / "federation.json")

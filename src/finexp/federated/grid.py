@@ -25,7 +25,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
-from finexp.federated.app import record_bytes
+from finexp.federated.arrays import record_bytes
 
 
 class InProcessGrid(Grid):

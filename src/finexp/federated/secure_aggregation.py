@@ -73,7 +73,7 @@ class SecureAggregation:
         from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
         from flwr.server.workflow.constant import Key as WorkflowKey
 
-        from finexp.federated.app import ordered
+        from finexp.federated.arrays import ordered
 
         fitins = {}
         for message in messages:

@@ -43,7 +43,7 @@ from flwr.serverapp.strategy import (
 from torch.utils.data import DataLoader
 
 from finexp import FinexpError
-from finexp.federated.app import ordered, to_record
+from finexp.federated.arrays import ordered, to_record
 from finexp.federated.client import ClientDP, TrainerFactory, get_arrays, set_arrays
 from finexp.federated.grid import MeteredGrid
 

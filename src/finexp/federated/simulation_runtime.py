@@ -4,7 +4,7 @@ backend), for many nodes on one machine, each ClientApp run in a Ray worker with
 The coordinator is the same :class:`~finexp.federated.server.Federation` as in-process, driven from a ``ServerApp``
 over the simulation's grid. The ClientApp is the same too; what differs is where a node lives: each Ray worker
 builds the run's model and data once from the resolved config and keeps the nodes of the partitions it is sent
-(:func:`~finexp.federated.setup.partition_nodes`, deterministic in the config, so a worker's node ``i`` holds the
+(:func:`~finexp.federated.nodes.partition_nodes`, deterministic in the config, so a worker's node ``i`` holds the
 rows the coordinator recorded for client ``i``). Needs ``pip install 'finexp[federated-sim]'`` (Ray).
 """
 
@@ -32,8 +32,7 @@ _WORKER_MODELS: dict[int, dict[int, LocalNode]] = {}
 def _worker_node(config: dict[str, Any], run_id: int, partition: int) -> LocalNode:
     """The node of ``partition`` in this worker process (built from the resolved run config on first use)."""
     if run_id not in _WORKER_MODELS:
-        from finexp.federated.deployment import _build
-        from finexp.federated.setup import partition_nodes
+        from finexp.federated.nodes import build_run, partition_nodes
         from finexp.targets import check_targets
 
         check_targets(config, "the run config of a simulation worker")
@@ -41,7 +40,7 @@ def _worker_node(config: dict[str, Any], run_id: int, partition: int) -> LocalNo
         work = Path(tempfile.mkdtemp(prefix=f"finexp-sim-{run_id}-"))
         with open_dict(cfg):
             cfg.paths.output_dir = str(work)  # the worker's own directory; the tokenized rows are read from cache_dir
-        module, datamodule = _build(cfg)
+        module, datamodule = build_run(cfg)
         _WORKER_MODELS[run_id] = partition_nodes(cfg, module, datamodule)[0]
     return _WORKER_MODELS[run_id][partition + 1]
 
