@@ -10,8 +10,8 @@ import pytest
 
 from finexp.analysis import fairness as fair
 from finexp.analysis import metrics as m
-from finexp.analysis.pipeline import AnalysisOptions, Predictions, evaluation_sections, run_sections
 from finexp.analysis.model_card import write_report
+from finexp.analysis.pipeline import AnalysisOptions, Predictions, evaluation_sections, run_sections
 
 # Four rows, binary; the positive-class probabilities and the truth.
 P1 = np.array([0.95, 0.75, 0.35, 0.55])
