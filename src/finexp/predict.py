@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from finexp import FinexpError
 from finexp.config import config_dir, validate_serving
+from finexp.config.argv import ensemble_argv
 from finexp.data.profile import require_columns
 from finexp.data.sources import DataError
 from finexp.records import write_json
@@ -307,17 +308,6 @@ def _hydra_main(cfg: DictConfig) -> None:
         log.error("%s", err)
         print(f"finexp-predict: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
-
-
-def ensemble_argv(argv: list[str]) -> list[str]:
-    """``ckpt=a,b,c`` -> ``ckpt=[a,b,c]``: without -m, Hydra refuses a bare comma-separated value as ambiguous."""
-    out = []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if key == "ckpt" and sep and "," in value and value[:1] not in "[\"'":
-            arg = f"ckpt=[{value}]"
-        out.append(arg)
-    return out
 
 
 def main() -> None:

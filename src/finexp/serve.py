@@ -38,6 +38,7 @@ from omegaconf import DictConfig
 
 from finexp import FinexpError
 from finexp.config import ConfigError, config_dir, validate_serving
+from finexp.config.argv import ensemble_argv
 
 log = logging.getLogger("finexp")
 access_log = logging.getLogger("finexp.access")
@@ -148,17 +149,6 @@ def serve(cfg: DictConfig) -> None:
         access_log=False,  # ours (finexp.access) has the row count and no query string
         server_header=False,
     )
-
-
-def ensemble_argv(argv: list[str]) -> list[str]:
-    """``ckpt=a,b,c`` -> ``ckpt=[a,b,c]`` (as :func:`finexp.predict.ensemble_argv`, which imports torch)."""
-    out = []
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if key == "ckpt" and sep and "," in value and value[:1] not in "[\"'":
-            arg = f"ckpt=[{value}]"
-        out.append(arg)
-    return out
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="serve")
