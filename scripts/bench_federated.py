@@ -85,10 +85,12 @@ def main() -> None:
         _overhead(out.with_name(out.name + "-overhead-quick"), rounds=1, rows=60)
         return
     extra = [f"optimizer.lr={args.lr}"] if args.lr is not None else []
+    federated_extra = []  # federated.* exists only in the federated arms (federated=none composes to an empty node)
     if args.rounds is not None:  # same budget: rounds x 1 local epoch = epochs of the central arm
-        extra += [f"federated.rounds={args.rounds}", f"trainer.max_epochs={args.rounds}"]
+        extra += [f"trainer.max_epochs={args.rounds}"]
+        federated_extra += [f"federated.rounds={args.rounds}"]
     if args.part in ("all", "sweep"):
-        _sweep(out, args.max_rows, args.seeds, args.jobs, extra)
+        _sweep(out, args.max_rows, args.seeds, args.jobs, extra, federated_extra)
     if args.part in ("all", "sweep", "summary"):
         _summary(out)
     if args.part in ("all", "bytes"):
@@ -97,11 +99,12 @@ def main() -> None:
         _overhead(out.with_name(out.name + "-overhead"), rounds=3, rows=400)
 
 
-def _sweep(out: Path, max_rows: int, seeds: str, jobs: int, extra: list[str]) -> None:
-    """The experiment's runs: one ``-m`` sweep, or with ``jobs > 1`` its arms as single runs, ``jobs`` at a time."""
+def _sweep(out: Path, max_rows: int, seeds: str, jobs: int, extra: list[str], federated_extra: list[str]) -> None:
+    """The experiment's runs: one ``-m`` sweep, or its arms as single runs, ``jobs`` at a time (also when the
+    federated arms take overrides of their own, which a ``-m`` sweep would pass to the central arm too)."""
     data = [f"data.max_rows={max_rows}", *extra]
     started = time.perf_counter()
-    if jobs == 1:
+    if jobs == 1 and not federated_extra:
         args = ["finexp-train", "-m", "experiment=federated_vs_central", f"hydra.sweeper.params.seed={seeds}"]
         _run([*args, f"hydra.sweep.dir={out / 'sweep'}", *data, *QUIET], out / "sweep.log")
     else:
@@ -114,6 +117,7 @@ def _sweep(out: Path, max_rows: int, seeds: str, jobs: int, extra: list[str]) ->
                 arm, seed = pending.pop(0)
                 run_dir = out / "runs" / f"{arm}-seed{seed}"
                 args = ["finexp-train", "experiment=federated_vs_central", f"federated={arm}", f"seed={seed}"]
+                args += federated_extra if arm != "none" else []
                 log = (out / f"{arm}-seed{seed}.log").open("w")
                 running.append(
                     subprocess.Popen(
