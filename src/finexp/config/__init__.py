@@ -1,6 +1,8 @@
 """The one package that knows about Hydra/OmegaConf: schemas, resolvers and value checks.
 
-- :mod:`finexp.config.schema`: typed dataclasses of the config groups (Hydra's ConfigStore)
+- :mod:`finexp.config.schema`: typed dataclasses of the config groups (Hydra's ConfigStore): the entry points'
+  tops there, a task and its data in :mod:`~finexp.config.task_schema`, a model and its training in
+  :mod:`~finexp.config.training_schema`
 - :mod:`finexp.config.resolvers`: ``${package_path:...}`` and friends; where the ``conf/`` tree lives
 - :mod:`finexp.config.checks`: :func:`validate_config`, run by every entry point before data or weights load
 - what each problem type supports: :mod:`finexp.problems.compat` (the capability table, re-exported here)

