@@ -14,7 +14,8 @@ a SuperLink). Each round ``r``:
    federation stopped after round ``r`` continues at ``r + 1``.
 
 Node sampling is seeded per round and a node's round is seeded by (node, round), so the resumed federation repeats
-the uninterrupted one.
+the uninterrupted one. Central DP's wrapper is in :mod:`.central_dp`; what a federation leaves behind (the round
+records, ``federation.json``, the checkpoints) in :mod:`.records`.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +36,15 @@ import numpy as np
 import pytorch_lightning as pl
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import (
-    DifferentialPrivacyServerSideAdaptiveClipping,
-    DifferentialPrivacyServerSideFixedClipping,
-    Strategy,
-)
+from flwr.serverapp.strategy import Strategy
 from torch.utils.data import DataLoader
 
 from finexp import FinexpError
 from finexp.federated.arrays import ordered, to_record
+from finexp.federated.central_dp import UNIT_WEIGHT, CentralDP, check_averaging, fresh_noise
 from finexp.federated.client import ClientDP, TrainerFactory, get_arrays, set_arrays
 from finexp.federated.grid import MeteredGrid
+from finexp.federated.records import FederationResult, RoundRecord
 
 log = logging.getLogger("finexp")
 
@@ -53,224 +52,6 @@ STATE_DIR = "federation_state"
 # Optimizer state of Flower's adaptive strategies (FedAdam, FedYogi, FedAdagrad: first and second moments), saved
 # with each round so a resumed FedAdam continues with the moments it had.
 STRATEGY_STATE = ("m_t", "v_t")
-
-
-# The metric central DP aggregates by: every node weighs 1 (set by the coordinator, not taken from the nodes), since
-# a mean weighted by the nodes' row counts would give a large node more than its 1/n share of the sensitivity.
-UNIT_WEIGHT = "finexp-central-dp-weight"
-
-
-class _AdaptiveClipping(DifferentialPrivacyServerSideAdaptiveClipping):
-    """Flower's server-side adaptive clipping, with the noise scaled to the bound that clipped this round's updates.
-
-    flwr 1.32 updates the bound (for the next round) before it adds the noise, so the noise follows the new bound:
-    when the bound shrinks, the mean gets up to ``exp(clip_norm_lr * target_clipped_quantile)`` times too little
-    noise for the sensitivity of the updates it averaged. Here the noise uses the bound the updates were clipped to.
-    """
-
-    def aggregate_train(self, server_round: int, replies: Any) -> Any:
-        self._clipped_to = self.clipping_norm
-        return super().aggregate_train(server_round, replies)
-
-    def _add_noise_to_aggregated_arrays(self, aggregated: ArrayRecord) -> ArrayRecord:
-        updated, self.clipping_norm = self.clipping_norm, self._clipped_to
-        try:
-            return super()._add_noise_to_aggregated_arrays(aggregated)
-        finally:
-            self.clipping_norm = updated
-
-
-@dataclass
-class CentralDP:
-    """Central DP (DP-FedAvg, McMahan et al. 2018): the coordinator clips each node's update to ``clipping_norm`` and
-    adds Gaussian noise of ``noise_multiplier * clipping_norm / n`` to the unweighted mean of the ``n`` updates,
-    with Flower's server-side clipping wrappers (``fixed``; ``adaptive``: Andrew et al. 2021, the bound follows the
-    ``target_clipped_quantile`` of the update norms).
-
-    The guarantee is per node (a node's whole contribution), against anyone who sees the global models; the
-    coordinator itself sees the clear updates. The noise is drawn from fresh OS entropy, never from the run's seed:
-    anyone holding the config could otherwise regenerate and subtract it.
-    """
-
-    clipping_norm: float
-    noise_multiplier: float
-    delta: float
-    clipping: str = "fixed"
-    target_clipped_quantile: float = 0.5
-    clip_norm_lr: float = 0.2
-    clipped_count_stddev: float | None = None
-
-    def wrap(self, strategy: Strategy, num_sampled: int) -> Strategy:
-        """``strategy`` inside Flower's server-side clipping wrapper, aggregating by :data:`UNIT_WEIGHT`."""
-        check_averaging(strategy, "federated.central_dp")
-        strategy.weighted_by_key = UNIT_WEIGHT
-        if self.clipping == "fixed":
-            return DifferentialPrivacyServerSideFixedClipping(
-                strategy, self.noise_multiplier, self.clipping_norm, num_sampled
-            )
-        try:
-            return _AdaptiveClipping(
-                strategy,
-                self.noise_multiplier,
-                num_sampled,
-                initial_clipping_norm=self.clipping_norm,
-                target_clipped_quantile=self.target_clipped_quantile,
-                clip_norm_lr=self.clip_norm_lr,
-                clipped_count_stddev=self.clipped_count_stddev,
-            )
-        except ValueError as err:  # the noise of the clipped count takes part of the budget: it must be large enough
-            raise FinexpError(
-                f"federated.central_dp.clipping=adaptive: {err} Set federated.central_dp.clipped_count_stddev above "
-                f"noise_multiplier / 2 = {self.noise_multiplier / 2:.3g}"
-            ) from err
-
-    def epsilon(self, rounds: int) -> float:
-        """ε per node over ``rounds`` noisy means: one Gaussian mechanism of noise ``noise_multiplier`` per round
-        (RDP accountant; sample rate 1: Flower samples a fixed number of nodes, not Poisson, so no amplification by
-        sampling is claimed; adaptive clipping's noisy count is within the same budget, as Flower splits it)."""
-        return ClientDP(self.clipping_norm, self.noise_multiplier).epsilon(self.delta, rounds)
-
-
-def check_averaging(strategy: Strategy, key: str) -> None:
-    """Refuse a strategy that does not average the updates (``key`` needs their mean, not each one)."""
-    from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, MultiKrum, QFedAvg
-
-    # All of Flower's strategies subclass FedAvg; these select, trim or re-weight instead of averaging.
-    not_a_mean = (Bulyan, FedMedian, FedTrimmedAvg, MultiKrum, QFedAvg)
-    if not isinstance(strategy, FedAvg) or isinstance(strategy, not_a_mean):
-        raise FinexpError(
-            f"{key} needs a strategy that averages updates (FedAvg, FedProx, FedAdam, ...); "
-            f"{type(strategy).__name__} selects or trims them"
-        )
-
-
-@contextmanager
-def _fresh_noise() -> Iterator[None]:
-    """NumPy's global generator (what Flower's DP wrappers draw from) seeded from OS entropy inside, restored after:
-    the run seeds it (``pl.seed_everything``), and noise anyone with the config could replay protects nothing."""
-    state = np.random.get_state()
-    np.random.seed(None)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
-
-
-@dataclass
-class RoundRecord:
-    """What one round did: the global model's val metrics after it, the bytes it moved, its nodes and failures."""
-
-    round: int
-    metrics: dict[str, float]
-    bytes_down: int = 0
-    bytes_up: int = 0
-    clients: list[str] = field(default_factory=list)
-    train_loss: float | None = None
-    seconds: float = 0.0  # wall time of the round: configure, deliver, train, reply, aggregate
-    eval_seconds: float = 0.0  # scoring the global model on the coordinator's val split
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    clipping_norm: float | None = None  # central DP: the bound this round's updates were clipped to
-
-
-@dataclass
-class FederationResult:
-    """The outcome of a federation: per-round records, the best and the last global trainable parameters."""
-
-    names: list[str]
-    rounds: list[RoundRecord]
-    best_round: int
-    best: list[np.ndarray]
-    last: list[np.ndarray]
-    clients: list[dict[str, Any]]
-    label_skew: float | None
-    dp: ClientDP | None = None
-    dp_delta: float | None = None
-    best_checkpoint: str | None = None
-    runtime: str = "inprocess"
-    strategy: str = ""
-    resumed_from: int | None = None  # the round a resumed federation found done
-    central_dp: CentralDP | None = None
-    node_privacy: dict[str, dict[str, Any]] = field(default_factory=dict)  # DP-SGD on each node: its ε, δ, noise
-
-    def epsilon(self) -> float | None:
-        """ε each client spent (every client trains in every round with ``fraction_train=1``; a bound otherwise)."""
-        if self.dp is None or self.dp_delta is None:
-            return None
-        return self.dp.epsilon(self.dp_delta, len(self.rounds) - 1)
-
-    def report(self) -> dict[str, Any]:
-        """``federated/*`` (and with client DP ``privacy/*``) entries for ``metrics.json``."""
-        trained = [r for r in self.rounds if r.round > 0]
-        up = [r.bytes_up for r in trained]
-        down = [r.bytes_down for r in trained]
-        out: dict[str, Any] = {
-            "federated/runtime": self.runtime,
-            "federated/strategy": self.strategy,
-            "federated/rounds": len(trained),
-            "federated/num_clients": len(self.clients),
-            "federated/best_round": self.best_round,
-            "federated/exchanged_parameters": int(sum(a.size for a in self.last)),
-            "federated/bytes_up_per_round": float(np.mean(up)) if up else 0.0,
-            "federated/bytes_down_per_round": float(np.mean(down)) if down else 0.0,
-            "federated/bytes_per_round": float(np.mean(np.add(up, down))) if up else 0.0,
-            "federated/bytes_total": int(sum(up) + sum(down)),
-            "federated/round_s": float(np.mean([r.seconds for r in trained])) if trained else 0.0,
-            "federated/failures": int(sum(len(r.failures) for r in trained)),
-        }
-        if self.label_skew is not None:
-            out["federated/label_skew"] = self.label_skew
-        if self.resumed_from is not None:
-            out["federated/resumed_from_round"] = self.resumed_from
-        if self.best_checkpoint is not None and Path(self.best_checkpoint).is_file():
-            out["checkpoint/size_mb"] = Path(self.best_checkpoint).stat().st_size / 2**20
-        if self.central_dp is not None:
-            out |= {
-                "privacy/central_epsilon": self.central_dp.epsilon(len(trained)),
-                "privacy/central_delta": self.central_dp.delta,
-                "privacy/central_noise_multiplier": self.central_dp.noise_multiplier,
-                "privacy/central_clipping_norm": trained[-1].clipping_norm if trained else None,
-                "privacy/central_mechanism": f"central DP-FedAvg ({self.central_dp.clipping} clipping on the "
-                "coordinator, Gaussian noise on the unweighted mean)",
-            }
-        if self.node_privacy:
-            epsilons = [p["epsilon"] for p in self.node_privacy.values()]
-            out |= {
-                "privacy/epsilon": max(epsilons),  # the guarantee every node's rows have
-                "privacy/delta": max(p["delta"] for p in self.node_privacy.values()),
-                "privacy/mechanism": "DP-SGD on every node (record-level; the largest ε of any node)",
-            }
-        if self.dp is not None:
-            out |= {
-                "privacy/epsilon": self.epsilon(),
-                "privacy/delta": self.dp_delta,
-                "privacy/noise_multiplier": self.dp.noise_multiplier,
-                "privacy/clipping_norm": self.dp.clipping_norm,
-                "privacy/mechanism": "client-side DP-FedAvg (clip + Gaussian noise per update)",
-            }
-        return out
-
-    def central_record(self) -> dict[str, Any]:
-        """Central DP's settings and the ε it spent (``federation.json``)."""
-        assert self.central_dp is not None
-        trained = [r for r in self.rounds if r.round > 0]
-        return {**asdict(self.central_dp), "epsilon": self.central_dp.epsilon(len(trained))}
-
-    def write(self, path: str | Path) -> None:
-        """``federation.json``: the clients (rows, labels, column values) and every round's metrics and bytes."""
-        record = {
-            "runtime": self.runtime,
-            "strategy": self.strategy,
-            "clients": self.clients,
-            "label_skew": self.label_skew,
-            "best_round": self.best_round,
-            "exchanged": self.names,
-            "rounds": [asdict(r) for r in self.rounds],
-            **({"resumed_from_round": self.resumed_from} if self.resumed_from is not None else {}),
-            **({"epsilon": self.epsilon(), "delta": self.dp_delta} if self.dp is not None else {}),
-            **({"central_dp": self.central_record()} if self.central_dp is not None else {}),
-            **({"node_privacy": self.node_privacy} if self.node_privacy else {}),
-        }
-        Path(path).write_text(json.dumps(record, indent=2, default=float))
 
 
 @contextmanager
@@ -499,7 +280,7 @@ class Federation:
             for metrics in reply.content.metric_records.values():
                 metrics[UNIT_WEIGHT] = 1.0
         record.clipping_norm = float(self.strategy.clipping_norm)  # type: ignore[attr-defined]
-        with _fresh_noise():
+        with fresh_noise():
             return self.strategy.aggregate_train(server_round, answered)
 
     def _node_privacy(self, answered: list[Message]) -> None:
@@ -709,24 +490,3 @@ class Federation:
         extra = {"node_privacy": state.get("node_privacy"), "clipping_norm": state.get("clipping_norm")}
         best_round, best_value = int(state["best_round"]), state["best_value"]
         return history, best_round, best_value, arrays("best.npz"), arrays("global.npz"), moments, extra
-
-
-def save_checkpoints(
-    trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule, result: FederationResult
-) -> str:
-    """Write ``checkpoints/best.ckpt`` and ``last.ckpt`` with the run's own trainer, like a central run's.
-
-    The trainer's callbacks shape them as usual (parameter-efficient runs keep only what trains, RNG states); the
-    global model is validated once so Lightning has it attached. Returns the best checkpoint's path.
-    """
-    callback = trainer.checkpoint_callback
-    directory = Path(getattr(callback, "dirpath", None) or Path(trainer.default_root_dir) / "checkpoints")
-    directory.mkdir(parents=True, exist_ok=True)
-    set_arrays(module, result.names, result.last)
-    trainer.validate(module, datamodule=datamodule, verbose=False)
-    trainer.save_checkpoint(directory / "last.ckpt")
-    set_arrays(module, result.names, result.best)
-    best = directory / "best.ckpt"
-    trainer.save_checkpoint(best)
-    result.best_checkpoint = str(best)
-    return str(best)

@@ -52,8 +52,8 @@ def secure_aggregation_from(cfg: DictConfig) -> Any:
 
 def central_dp_from(cfg: DictConfig) -> Any:
     """``federated.central_dp``: the coordinator's clipping and noise (None: off)."""
+    from finexp.federated.central_dp import CentralDP
     from finexp.federated.client import ClientDP
-    from finexp.federated.server import CentralDP
 
     dp = cfg.federated.central_dp
     if not dp.enabled:
@@ -75,7 +75,7 @@ def central_dp_from(cfg: DictConfig) -> Any:
 def federation_from(cfg: DictConfig, module: pl.LightningModule, datamodule: Any, loggers: list[Any]) -> Any:
     """``federated=...``: the federation of a run, on the runtime ``federated.runtime`` names.
 
-    Returns an object whose ``run()`` gives a :class:`finexp.federated.server.FederationResult` (Flower is
+    Returns an object whose ``run()`` gives a :class:`finexp.federated.records.FederationResult` (Flower is
     imported only here, when asked for): the in-process :class:`~finexp.federated.server.Federation` itself, or a
     runner that first reaches Flower's simulation engine or a SuperLink.
     """

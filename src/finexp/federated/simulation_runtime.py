@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from finexp import FinexpError
 from finexp.federated.client import LocalNode
-from finexp.federated.server import Federation, FederationResult
+from finexp.federated.records import FederationResult
+from finexp.federated.server import Federation
 
 log = logging.getLogger("finexp")
 

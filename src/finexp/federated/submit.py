@@ -19,8 +19,10 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from finexp import FinexpError
+from finexp.federated.central_dp import CentralDP
 from finexp.federated.client import ClientDP, set_arrays, trainable_names
-from finexp.federated.server import STATE_DIR, CentralDP, FederationResult, RoundRecord
+from finexp.federated.records import FederationResult, RoundRecord
+from finexp.federated.server import STATE_DIR
 
 log = logging.getLogger("finexp")
 
