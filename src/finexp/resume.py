@@ -28,6 +28,7 @@ import torch
 import yaml
 
 from finexp import FinexpError
+from finexp.recipe import FILLS
 
 # Keys that may differ between an interrupted run and its rerun without making it a different experiment.
 RERUN_IGNORED_KEYS = ("ckpt_path", "resume", "logger.wandb.id", "logger.wandb.resume")
@@ -83,9 +84,14 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
         _drop(saved, key)
         _drop(current, key)
     a, b = _flat(saved), _flat(current)
-    # "auto" (task.monitor and what interpolates it) is settled from the data when the run starts: the saved config
-    # holds what it became, and the same config on the same data settles it the same way.
-    return sorted(k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>") and b.get(k) != "auto")
+    # "auto" (task.monitor and what interpolates it) and the recipe's nulls (finexp.recipe.FILLS) are settled from
+    # the data when the run starts: the saved config holds what they became, and the same config on the same data
+    # settles them the same way.
+    return sorted(
+        k
+        for k in a.keys() | b.keys()
+        if a.get(k, "<absent>") != b.get(k, "<absent>") and b.get(k) != "auto" and not (k in FILLS and b.get(k) is None)
+    )
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | Path) -> str | None:

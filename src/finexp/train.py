@@ -24,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from finexp import FinexpError
+from finexp import FinexpError, recipe
 from finexp.config import ConfigError, config_dir, validate_config
 from finexp.multirun import failed_jobs
 from finexp.records import write_json
@@ -56,6 +56,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     validate_config(cfg)
     _check_compile(cfg)
+    recipe.check(cfg)
     try:
         from finexp.training import run
 

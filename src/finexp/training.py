@@ -26,7 +26,7 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 from transformers import AutoConfig
 
-from finexp import build
+from finexp import build, recipe
 from finexp.adapters import count_parameters
 from finexp.analysis import AnalysisOptions, analyze
 from finexp.analysis.regression import analyze_regression, predict_targets
@@ -177,6 +177,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         del resumed
     if cfg.model.kind == "baseline":  # a classic model (model=tfidf_logreg, gbm): same splits, metrics, records
         return _train_baseline(cfg, datamodule, monitor, output_dir)
+    settled = recipe.derive(cfg, len(datamodule.datasets["train"]), datamodule.num_labels)
+    recipe.apply(cfg, settled)  # what the config left null (epochs, lr, head lr) is a number from here on
+    log.info("%s", settled.describe())
     memory_records = {}
     if cfg.model.check_memory:  # before any weights load: the estimate beside the device's free memory
         memory_records = _check_memory(cfg, datamodule.num_labels, tokenizer, datamodule.label_names)
@@ -227,12 +230,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "privacy": privacy.report(),  # labels randomized and PII masked (DP-SGD's ε: metrics.json)
                 "model_weights": weights_record(model, cfg.model.name_or_path, load_options(cfg)),  # what loaded
                 "compiled": compiled,  # trainer.compile=true: the module torch.compile compiled (null: none)
+                "recipe": settled.record(),  # recipe=auto: epochs, lr, head lr, each derived or set (its source)
             },
         )
         write_json(output_dir / "run_info.json", info)
         _write_input_profile(cfg, datamodule, output_dir)
     for logger in trainer.loggers:
-        logger.log_hyperparams({**resolved, "choices": _hydra_choices(), **params})
+        logger.log_hyperparams({**resolved, "choices": _hydra_choices(), **params, **settled.flat()})
         logger.log_metrics(params, step=0)
     log.info(
         "trainable parameters: %d of %d (%.2f%%)",

@@ -55,7 +55,7 @@ def validate_config(cfg: DictConfig) -> None:
         _require(value in allowed, key, value, f"choose one of {', '.join(map(str, allowed))}")
 
     lr = cfg.optimizer.lr
-    _require(lr > 0, "optimizer.lr", lr, "must be > 0")
+    _require(lr is None or lr > 0, "optimizer.lr", lr, "must be > 0 or null (the recipe's)")
     _require(cfg.optimizer.weight_decay >= 0, "optimizer.weight_decay", cfg.optimizer.weight_decay, "must be >= 0")
     layer_decay = cfg.optimizer.layer_decay
     _require(0 < layer_decay <= 1, "optimizer.layer_decay", layer_decay, "must be in (0, 1] (1: no decay)")

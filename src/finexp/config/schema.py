@@ -48,6 +48,7 @@ from finexp.config.training_schema import (
     PrivacyConfig,
     PromptMethodConfig,
     PromptTuningAdapterConfig,
+    RecipeConfig,
     SchedulerConfig,
     SetFitMethodConfig,
     SGDConfig,
@@ -90,6 +91,7 @@ __all__ = [
     "RuleConfig",
     "RulesConfig",
     "SGDConfig",
+    "RecipeConfig",
     "SchedulerConfig",
     "SerializationConfig",
     "ServeConfig",
@@ -195,6 +197,7 @@ class TrainConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     trainer: Any = MISSING
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
     logger: Any = None
     callbacks: Any = None
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -324,6 +327,7 @@ def register_configs() -> None:
     cs.store(group="schema/optimizer", name="adamw", node=AdamWConfig)
     cs.store(group="schema/optimizer", name="sgd", node=SGDConfig)
     cs.store(group="schema/scheduler", name="scheduler", node=SchedulerConfig)
+    cs.store(group="schema/recipe", name="recipe", node=RecipeConfig)
     cs.store(group="schema/privacy", name="privacy", node=PrivacyConfig)
     cs.store(group="schema/analysis", name="analysis", node=AnalysisConfig)
     cs.store(group="schema/distill", name="distill", node=DistillConfig)

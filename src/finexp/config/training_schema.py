@@ -107,7 +107,7 @@ class BottleneckAdapterConfig:
 class AdamWConfig:
     _target_: str = "finexp.optim.adamw"  # torch.optim.AdamW plus layer-wise / head learning rates
     _partial_: bool = True
-    lr: float = 5e-5
+    lr: float | None = None  # None: the recipe's rate for the adapter (finexp.recipe)
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -132,6 +132,20 @@ class SchedulerConfig:
     _target_: str = MISSING
     _partial_: bool = True
     warmup_ratio: float = 0.0  # fraction of all training steps spent warming up
+
+
+@dataclass
+class RecipeConfig:
+    """``conf/recipe/*.yaml``: how :mod:`finexp.recipe` fills the epochs, lr and head lr a config leaves null."""
+
+    name: str = "auto"
+    steps_floor: int = 250  # optimizer steps of training at least ...
+    steps_per_class: int = 30  # ... or this many per label, whichever is more
+    min_epochs: int = 3
+    max_epochs: int = 10
+    lr: dict[str, float] = field(default_factory=dict)  # adapter option (full, lora, ...) -> its learning rate
+    many_classes: int = 10  # from this many labels on, the head learns at head_lr
+    head_lr: float | None = 1e-3
 
 
 @dataclass
