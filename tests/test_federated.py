@@ -233,7 +233,7 @@ def test_lora_clients_exchange_far_fewer_bytes_than_full(make_cfg, sentiment_csv
 
 
 def test_three_clients_two_rounds_end_to_end_then_finexp_eval(make_cfg, sentiment_csv, tmp_path):
-    cfg = make_cfg(*text_task(sentiment_csv), *FED, "federated.local_epochs=2", "optimizer.lr=3e-3")
+    cfg = make_cfg(*text_task(sentiment_csv), *FED, "federated.local_epochs=2", "optimizer.lr=3e-3", "analysis=default")
     metrics = train(cfg)
     run = Path(cfg.paths.output_dir)
 
@@ -249,6 +249,13 @@ def test_three_clients_two_rounds_end_to_end_then_finexp_eval(make_cfg, sentimen
     history = pd.read_csv(run / "csv" / "metrics.csv")
     rounds = history.dropna(subset=["federated/bytes_up"])
     assert rounds["step"].tolist() == [1, 2] and rounds["val/auroc"].notna().all()
+    report = (run / "report.md").read_text()  # the report's curve is per round, the same values as the log
+    section = report.split("## Federated rounds", 1)[1].split("\n## ", 1)[0]
+    per_round = history.dropna(subset=["federated/round"]).groupby("federated/round")["val/auroc"].last()
+    assert per_round.index.tolist() == [0, 1, 2]
+    for r, value in per_round.items():
+        assert f"| {int(r)} | {value:.4f} |" in section
+    assert (run / "training_curve.png").is_file()
     checkpoint = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
     assert checkpoint["finexp"]["label_names"] == ["bearish", "bullish"]
 

@@ -24,6 +24,7 @@ from finexp.analysis import fairness as fair
 from finexp.analysis import metrics as m
 from finexp.analysis import plots
 from finexp.analysis.model_card import Section, table, write_report
+from finexp.config.lookups import target_of
 from finexp.progress import progress
 from finexp.records import write_json
 
@@ -308,6 +309,8 @@ def _training_curve(out: Path, monitor: str | None) -> Section | None:
     if not csv.is_file():
         return None
     history = pd.read_csv(csv)
+    if "federated/round" in history:  # a federation: the global model after each round (round 0: before any)
+        return _rounds_curve(history, monitor, out)
     if "epoch" not in history:
         return None
     wanted = [c for c in ("train/loss_epoch", "val/loss", monitor) if c and c in history]
@@ -326,6 +329,26 @@ def _training_curve(out: Path, monitor: str | None) -> Section | None:
     return Section(
         "Training curve", f"Per epoch, from `csv/metrics.csv` ({', '.join(series)}).", ["training_curve.png"]
     )
+
+
+def _rounds_curve(history: pd.DataFrame, monitor: str | None, out: Path) -> Section | None:
+    """The federation's global model on the coordinator's val split after each round: a plot and a table."""
+    rounds = history.dropna(subset=["federated/round"]).groupby("federated/round").last()
+    wanted = [c for c in (monitor, "val/loss") if c and c in rounds and rounds[c].notna().any()]
+    if not wanted:
+        return None
+    series = {c: (rounds.index.astype(int).tolist(), rounds[c].tolist()) for c in wanted}
+    plots.training_curve_png(series, out / "training_curve.png", x_label="round")
+    rows = [
+        {"round": int(r), **{c: rounds.at[r, c] for c in wanted}}
+        | ({"round s": rounds.at[r, "federated/round_s"]} if "federated/round_s" in rounds else {})
+        for r in rounds.index
+    ]
+    body = (
+        f"The global model on the coordinator's validation split after each round (round 0: before any), from "
+        f"`csv/metrics.csv`; the best round's model is the one tested.\n\n{table(rows)}"
+    )
+    return Section("Federated rounds", body, ["training_curve.png"])
 
 
 def run_sections(
@@ -363,7 +386,7 @@ def run_sections(
     # Hydra's group choices: finexp-train records them, finexp-eval has none; a hand-written config (a report of
     # predictions made elsewhere) may name no adapter at all
     choices = config.get("choices")
-    adapter = choices["adapter"] if choices else config.get("adapter", {}).get("_target_", "?")
+    adapter = choices["adapter"] if choices else target_of(config.get("adapter")) or "?"
     trainable = metrics.get("params/trainable")
     lines = [
         f"Model: **{model.get('name')}** (`{model.get('name_or_path') or 'random init from model.architecture'}`), "

@@ -85,13 +85,15 @@ def reliability_png(curves: Mapping[str, Mapping[str, np.ndarray]], path: Path) 
     return _save(fig, path)
 
 
-def training_curve_png(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: Path) -> Path:
-    """``series``: name -> (epochs, values); losses on the left axis, other metrics on the right."""
+def training_curve_png(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: Path, x_label: str = "epoch"
+) -> Path:
+    """``series``: name -> (epochs or rounds, values); losses on the left axis, other metrics on the right."""
     fig, ax = _figure((6, 4))
     other = ax.twinx()
     for i, (name, (x, y)) in enumerate(series.items()):  # one colour cycle across both axes
         (ax if name.endswith("loss") or "loss_" in name else other).plot(x, y, "o-", color=f"C{i}", label=name)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(x_label)
     ax.set_ylabel("loss")
     other.set_ylabel("metric")
     handles = ax.get_legend_handles_labels()[0] + other.get_legend_handles_labels()[0]
