@@ -1,11 +1,15 @@
-"""Hybrids for tables: gradient boosting's cross-fitted score as a numeric input of the fusion head.
+"""Hybrids for tables: gradient boosting's cross-fitted score, the starting point of the fusion model.
 
 ``task.hybrid.gbm_score=true`` (with ``model.fusion=concat``): before the encoder reads a table, histogram gradient
 boosting (:class:`finexp.baselines.GradientBoosting`) scores every row on the raw columns, and the score (the
-log-odds of the positive class) becomes one more numeric column fused with the text embedding. The score of a train
-row comes from the model fitted on the *other* folds (cross-fitting, ``task.hybrid.folds``), so the head never
-learns to trust an in-sample (overfitted) score; val and test rows are scored by the model fitted on all of train,
-as scikit-learn's ``StackingClassifier`` does.
+log-odds of the positive class) becomes one more numeric column. The score of a train row comes from the model
+fitted on the *other* folds (cross-fitting, ``task.hybrid.folds``), so the model never learns to trust an in-sample
+(overfitted) score; val and test rows are scored by the model fitted on all of train, as scikit-learn's
+``StackingClassifier`` does.
+
+The classifier adds the score to the positive logit around a zero-initialised head
+(:class:`finexp.models.classifier.SequenceClassifier`, ``score_feature``): untrained, the hybrid *is* boosting, and
+training fits what the text and the numbers add to boosting's log-odds (the residual).
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ class GbmScore:
 
     Args:
         folds: cross-fitting folds on the train split (>= 2).
-        column: the added column's name (fed to the fusion head, never serialized).
+        column: the added column's name (fused, and added to the positive logit; never serialized).
         seed: seeds the folds and the boosting's internal validation split.
         gbm: :class:`finexp.baselines.GradientBoosting` arguments (``task.hybrid.gbm``); its defaults otherwise.
     """
@@ -108,7 +112,7 @@ class GbmScore:
             added.append(frame)
         self.record = {
             "stacked": f"{self.column}: log-odds of {label_names[1]!r} by gradient boosting on the raw columns, "
-            "fed to the fusion head",
+            "added to the positive logit around the zero-initialised fusion head (and fused as a number)",
             "features": list(features),
             "folds": self.folds,
             "train": f"out-of-fold: each train row scored by the model fitted on the other {self.folds - 1} folds",

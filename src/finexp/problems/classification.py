@@ -116,9 +116,16 @@ def model(
         return with_adapter(cfg, prompt_model(cfg, num_labels, tokenizer))
     if cfg.method.name == "generative":
         return with_adapter(cfg, generative_model(cfg, num_labels, tokenizer))
-    fused = len(fusion_columns(cfg))
+    fused = fusion_columns(cfg)
+    hybrid = cfg.task.hybrid  # boosting's log-odds also skip the head: the model starts as boosting (see the class)
+    score = fused.index(hybrid.column) if hybrid.gbm_score and hybrid.column in fused else None
     classifier = SequenceClassifier(
-        encoder(cfg, tokenizer), num_labels, pooling=m.pooling, dropout=m.dropout, numeric_features=fused
+        encoder(cfg, tokenizer),
+        num_labels,
+        pooling=m.pooling,
+        dropout=m.dropout,
+        numeric_features=len(fused),
+        score_feature=score,
     )
     if initial is not None:  # continual fine-tuning: an earlier run's weights, before the adapter
         load_encoder(classifier, initial)
