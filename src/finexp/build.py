@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from finexp import FinexpError
 from finexp.adapters.checkpoint import TrainableOnlyCheckpoint
+from finexp.config.lookups import trainer_setting
 from finexp.data.datamodule import DataSource
 from finexp.methods.setfit import SetFit
 from finexp.models.backbone import build_tokenizer, max_positions
@@ -176,7 +177,7 @@ def check_max_length(cfg: DictConfig) -> None:
 
 def callbacks_from(cfg: DictConfig) -> list[pl.Callback]:
     callbacks = _instantiate_group(cfg.get("callbacks"))
-    if cfg.trainer.get("enable_progress_bar") is False:  # Lightning refuses a progress bar callback then
+    if trainer_setting(cfg.trainer, "enable_progress_bar") is False:  # Lightning refuses a progress bar callback then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     reason = None
     if cfg.method.name == "setfit":  # stage 1 changed the encoder it then freezes
@@ -201,16 +202,8 @@ def method_from(cfg: DictConfig) -> SetFit | None:
 
 def stage_trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     """``Trainer`` arguments for an extra, single-device training stage (SetFit's stage 1), taken from ``trainer``."""
-    t = cfg.trainer
-    return {
-        "accelerator": t.get("accelerator", "auto"),
-        "devices": 1,
-        "precision": t.get("precision", "32-true"),
-        "deterministic": t.get("deterministic", False),
-        "gradient_clip_val": t.get("gradient_clip_val"),
-        "enable_progress_bar": t.get("enable_progress_bar", True),
-        "default_root_dir": t.get("default_root_dir"),
-    }
+    keys = ("accelerator", "precision", "deterministic", "gradient_clip_val", "enable_progress_bar", "default_root_dir")
+    return {key: trainer_setting(cfg.trainer, key) for key in keys} | {"devices": 1}
 
 
 def loggers_from(cfg: DictConfig) -> list[Any]:
@@ -218,7 +211,7 @@ def loggers_from(cfg: DictConfig) -> list[Any]:
 
 
 def trainer_from(cfg: DictConfig, callbacks: list[pl.Callback], loggers: list[Any]) -> pl.Trainer:
-    if cfg.privacy.name == "dp_sgd" and cfg.trainer.get("gradient_clip_val"):
+    if cfg.privacy.name == "dp_sgd" and trainer_setting(cfg.trainer, "gradient_clip_val"):
         log.warning(
             "privacy=dp_sgd: trainer.gradient_clip_val=%s turned off; DP-SGD clips each row's gradient to "
             "privacy.max_grad_norm=%s instead",

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from finexp import FinexpError
+from finexp.config.lookups import target_of
 from finexp.problems import supporting
 from finexp.targets import check_targets, iter_targets, verify_class_family
 
@@ -193,9 +194,8 @@ class TrainedRun:
     @property
     def adapter(self) -> str:
         """The adapter's name (``lora``), from the run's recorded choices or its builder."""
-        return (self.info.get("choices") or {}).get("adapter") or str(self.config.adapter.get("_target_", "?")).rsplit(
-            ".", 1
-        )[-1]
+        choices = self.info.get("choices") or {}
+        return choices.get("adapter") or (target_of(self.config.adapter) or "?").rsplit(".", 1)[-1]
 
     @property
     def input_profile(self) -> dict[str, Any] | None:

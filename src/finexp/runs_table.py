@@ -122,7 +122,7 @@ def group_value(run: Run, by: str) -> Any:
     choices = run.info.get("choices") or {}
     if by in choices:
         value = choices[by]
-        model = run.config.get("model", {})
+        model = run.config.get("model", {})  # {}: a run whose config.yaml is missing or half-written
         if by == "adapter" and model.get("kind") == "baseline":  # a baseline has no adapter: name the model
             return f"{choices.get('model', model.get('name'))} (baseline)"
         return value

@@ -54,6 +54,7 @@ def agent_command(sweep: dict[str, Any], parameters: dict[str, Any]) -> list[str
     from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
     variables = create_sweep_command_args({"args": {k: {"value": v} for k, v in parameters.items()}})
+    # a W&B sweep file, not finexp's config: W&B's spec makes `program` optional (a command that names no ${program})
     variables |= {"env": ["/usr/bin/env"], "interpreter": ["python"], "program": [str(sweep.get("program", ""))]}
     argv: list[str] = []
     for chunk in create_sweep_command(list(sweep["command"])):

@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from finexp import FinexpError, recipe
-from finexp.config import ConfigError, config_dir, validate_config
+from finexp.config import ConfigError, config_dir, trainer_setting, validate_config
 from finexp.multirun import failed_jobs
 from finexp.records import write_json
 
@@ -70,7 +70,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def _check_compile(cfg: DictConfig) -> None:
     """``trainer.compile=true`` against what it cannot combine with, before anything heavy loads."""
-    if not cfg.trainer.get("compile", False):
+    if not trainer_setting(cfg.trainer, "compile"):
         return
     if cfg.model.kind != "transformer":
         raise ConfigError(

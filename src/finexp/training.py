@@ -33,6 +33,7 @@ from finexp.analysis.regression import analyze_regression, predict_targets
 from finexp.baselines import run_baseline
 from finexp.callbacks import OptunaPruning, run_costs
 from finexp.compile import compile_encoder
+from finexp.config.lookups import target_of, trainer_setting
 from finexp.data.profile import build_input_profile
 from finexp.loggers import CSVLogger
 from finexp.models import memory
@@ -198,7 +199,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             weight_decay=cfg.optimizer.weight_decay,
             resume=plan.ckpt_path is not None,
         )
-    compiled = compile_encoder(model) if cfg.trainer.get("compile", False) else None  # trainer.compile=true
+    compiled = compile_encoder(model) if trainer_setting(cfg.trainer, "compile") else None  # trainer.compile=true
     teacher = functools.partial(open_teacher, cfg.distill.teacher) if cfg.distill.teacher else None
     module = build.module_from(cfg, model, datamodule, teacher)
     params = count_parameters(model)
@@ -326,13 +327,13 @@ def estimate_run_memory(
         meta_cfg.model.gradient_checkpointing = False  # both settings are estimated
     with memory.parameters_on_meta():
         model = build.model_from(meta_cfg, num_labels, tokenizer, label_names)
-    autocast, cast = _PRECISION_MEMORY.get(str(cfg.trainer.get("precision", "32-true")), (None, None))
+    autocast, cast = _PRECISION_MEMORY.get(str(trainer_setting(cfg.trainer, "precision")), (None, None))
     if cast is not None:
         model = model.to(cast)
     length = cfg.data.max_length
     if cfg.task.problem == "long_document":  # batches of windows
         length = cfg.task.window.size
-    optimizer = str(cfg.optimizer.get("_target_", ""))
+    optimizer = target_of(cfg.optimizer)
     states = (1 if cfg.optimizer.get("momentum") else 0) if optimizer.endswith("sgd") else 2
     return memory.estimate_memory(
         model,
@@ -348,7 +349,7 @@ def estimate_run_memory(
 
 
 def _memory_device(cfg: DictConfig) -> str:
-    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    accelerator = str(trainer_setting(cfg.trainer, "accelerator"))
     return "cuda" if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu"
 
 
@@ -366,7 +367,7 @@ def _check_memory(cfg: DictConfig, num_labels: int, tokenizer: Any, label_names:
         )
         return {}
     device = _memory_device(cfg)
-    devices = cfg.trainer.get("devices", 1)
+    devices = trainer_setting(cfg.trainer, "devices")
     processes = devices if device == "cpu" and isinstance(devices, int) and devices > 1 else 1  # share one RAM
     available = memory.available_memory(device)
     if rank_zero_only.rank == 0:
@@ -421,7 +422,7 @@ def _tracking(cfg: DictConfig, output_dir: Path) -> None:
     if not wandb:
         return
     choices = _hydra_choices()
-    adapter = choices.get("adapter") or str(cfg.adapter.get("_target_", "")).rsplit(".", 1)[-1]
+    adapter = choices.get("adapter") or target_of(cfg.adapter).rsplit(".", 1)[-1]
     auto_tags = [f"task:{cfg.task.name}", f"model:{cfg.model.name}", f"adapter:{adapter}"]
     auto_tags.append(f"privacy:{cfg.privacy.name}")
     with open_dict(cfg):
@@ -446,7 +447,7 @@ def _sweep_trial_callback(monitor: str) -> OptunaPruning | None:
     if not _is_multirun():
         return None
     sweeper = HydraConfig.get().sweeper
-    if sweeper.get("trial") is None or not str(sweeper.get("_target_", "")).startswith(_OPTUNA_SWEEPER):
+    if sweeper.get("trial") is None or not target_of(sweeper).startswith(_OPTUNA_SWEEPER):
         return None
     from hydra_plugins.finexp_optuna_sweeper.optuna_sweeper import _instantiate_optuna, open_trial
 

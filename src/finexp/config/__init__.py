@@ -5,12 +5,15 @@
   :mod:`~finexp.config.training_schema`
 - :mod:`finexp.config.resolvers`: ``${package_path:...}`` and friends; where the ``conf/`` tree lives
 - :mod:`finexp.config.checks`: :func:`validate_config`, run by every entry point before data or weights load
+- :mod:`finexp.config.lookups`: the reads that may find a key absent (``trainer``: Lightning's untyped kwargs;
+  a node's ``_target_``) and what the absence means
 - what each problem type supports: :mod:`finexp.problems.compat` (the capability table, re-exported here)
 """
 
 from __future__ import annotations
 
 from finexp.config.checks import STRATEGY_PACKAGES, validate_analysis, validate_config, validate_serving
+from finexp.config.lookups import TRAINER_DEFAULTS, target_of, trainer_setting
 from finexp.config.resolvers import config_dir, monitor_mode, package_path, register_resolvers, run_dir_of
 from finexp.config.schema import (
     ADAPTER_SCHEMAS,
@@ -68,6 +71,7 @@ __all__ = [
     "ALLOWED",
     "OPTIMIZER_SCHEMAS",
     "STRATEGY_PACKAGES",
+    "TRAINER_DEFAULTS",
     "AdamWConfig",
     "AnalysisConfig",
     "AugmentConfig",
@@ -115,6 +119,8 @@ __all__ = [
     "register_configs",
     "register_resolvers",
     "run_dir_of",
+    "target_of",
+    "trainer_setting",
     "validate_analysis",
     "validate_config",
     "validate_serving",

@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from finexp.config.lookups import target_of, trainer_setting
 from finexp.config.schema import ALLOWED
 from finexp.extras import require_extra
 from finexp.problems.capabilities import ConfigError
@@ -142,7 +143,7 @@ def _validate_packing(cfg: DictConfig) -> None:
     """``data.packing``: rows share a training sequence, so the row must be what the model reads on its own."""
     if not cfg.data.packing:
         return
-    adapter = str(cfg.adapter.get("_target_", ""))
+    adapter = target_of(cfg.adapter)
     conflicts = [
         (
             cfg.task.problem != "generation",
@@ -171,8 +172,8 @@ STRATEGY_PACKAGES = {"deepspeed": "deepspeed"}
 
 
 def _validate_strategy(trainer: DictConfig) -> None:
-    strategy = trainer.get("strategy")
-    name = strategy.get("_target_", "") if isinstance(strategy, DictConfig) else str(strategy or "")
+    strategy = trainer_setting(trainer, "strategy")
+    name = target_of(strategy) if isinstance(strategy, DictConfig) else str(strategy or "")
     for marker, package in STRATEGY_PACKAGES.items():
         if marker in name.lower() and importlib.util.find_spec(package) is None:
             raise ConfigError(
@@ -180,12 +181,12 @@ def _validate_strategy(trainer: DictConfig) -> None:
                 f"pip install {package} (or choose trainer=ddp / trainer=fsdp)"
             )
     sharded = any(marker in name.lower() for marker in ("fsdp", "deepspeed"))
-    if sharded and str(trainer.get("accelerator", "auto")) == "cpu":  # Lightning's kwargs: absent = its default
+    if sharded and str(trainer_setting(trainer, "accelerator")) == "cpu":
         raise ConfigError(
             f"trainer.strategy={name} shards the model across GPUs and does not run on CPU "
             "(trainer.accelerator=cpu); on CPU use trainer=ddp_cpu"
         )
-    num_nodes = trainer.get("num_nodes", 1)  # trainer is Lightning's kwargs (untyped): absent = its default
+    num_nodes = trainer_setting(trainer, "num_nodes")
     _require(num_nodes >= 1, "trainer.num_nodes", num_nodes, "must be >= 1")
 
 
@@ -197,7 +198,7 @@ _HALF_DTYPES = ("bfloat16", "float16")
 def _validate_model_loading(cfg: DictConfig) -> None:
     """``model.dtype`` against ``trainer.precision``, quantization and attention kernels that cannot run here."""
     m = cfg.model
-    precision = str(cfg.trainer.get("precision", "32-true"))  # trainer is untyped: absent = Lightning's default
+    precision = str(trainer_setting(cfg.trainer, "precision"))
     if m.dtype in _HALF_DTYPES and precision not in ("bf16-true", "16-true"):
         raise ConfigError(
             f"model.dtype={m.dtype} with trainer.precision={precision} would train {m.dtype} weights with no fp32 "
@@ -223,7 +224,7 @@ def _validate_model_loading(cfg: DictConfig) -> None:
             f"{where} needs bitsandbytes, which is not installed: pip install 'finexp[qlora]' "
             "(or model.quantization=null to load the weights unquantized)"
         )
-    target = str(cfg.adapter.get("_target_", ""))
+    target = target_of(cfg.adapter)
     if target.endswith(_TRAINS_BASE_WEIGHTS):
         raise ConfigError(
             f"{where} with adapter={target.rsplit('.', 1)[-1]}: quantized base weights cannot train; use adapter=qlora "
@@ -421,7 +422,7 @@ def _validate_federated(cfg: DictConfig) -> None:
     method = cfg.method.name
     _require(method == "finetune", "method.name", method, "federated clients train with method=finetune")
     trainer = cfg.trainer
-    devices, strategy = trainer.get("devices", 1), trainer.get("strategy", "auto")  # Lightning's defaults
+    devices, strategy = trainer_setting(trainer, "devices"), trainer_setting(trainer, "strategy")
     _require(devices in (1, "1", "auto"), "trainer.devices", devices, "must be 1 with federated (one process)")
     _require(strategy == "auto", "trainer.strategy", strategy, "must be auto with federated (one process)")
     _require(cfg.ckpt_path is None, "ckpt_path", cfg.ckpt_path, "federated runs cannot resume mid-federation yet")
@@ -473,7 +474,7 @@ def _validate_privacy(cfg: DictConfig) -> None:
         if privacy.delta is not None:
             _require(0 < privacy.delta < 1, "privacy.delta", privacy.delta, "must be in (0, 1) or null (1/N)")
         _require(privacy.accountant in ("rdp", "prv", "gdp"), "privacy.accountant", privacy.accountant, "rdp|prv|gdp")
-        accumulate = cfg.trainer.get("accumulate_grad_batches", 1)  # Lightning's default
+        accumulate = trainer_setting(cfg.trainer, "accumulate_grad_batches")
         _require(accumulate == 1, "trainer.accumulate_grad_batches", accumulate, "must be 1 with privacy=dp_sgd")
         _require(
             cfg.task.class_weights is None,

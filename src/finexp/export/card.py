@@ -97,7 +97,7 @@ def build_card(
     """The export's ``ModelCard`` and the report figures its body shows (to copy beside it)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    task = (cfg.get("task") or {}).get("name", "classification")
+    task = cfg["task"]["name"]  # the run's config on its schema (finexp.runs.TrainedRun): task.name is required
     name = str(cfg.get("run_name") or task)
     dataset = _dataset(cfg)
     metrics = run_test_metrics(run_dir)

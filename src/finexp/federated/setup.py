@@ -18,7 +18,7 @@ RUNTIMES = ("inprocess", "simulation", "deployment")
 
 def check_runtime(fed: DictConfig) -> None:
     """``federated.runtime`` and what it needs, before any node is built."""
-    runtime = fed.get("runtime", "inprocess")
+    runtime = fed.runtime
     if runtime not in RUNTIMES:
         raise FinexpError(f"federated.runtime={runtime!r} is not allowed: choose one of {', '.join(RUNTIMES)}")
     if runtime == "simulation":
@@ -27,14 +27,14 @@ def check_runtime(fed: DictConfig) -> None:
                 "federated.runtime=simulation needs Ray (Flower's simulation backend): "
                 "pip install 'finexp[federated-sim]', or use federated.runtime=inprocess"
             )
-        resources = dict(fed.get("client_resources") or {})
+        resources = dict(fed.client_resources or {})
         unknown = sorted(set(resources) - {"num_cpus", "num_gpus"})
         if unknown or any(float(v) < 0 for v in resources.values()):
             raise FinexpError(
                 f"federated.client_resources={resources}: give num_cpus and num_gpus (>= 0; fractions of a GPU "
                 "share it), e.g. {num_cpus: 1, num_gpus: 0.25}"
             )
-    if runtime == "deployment" and not fed.get("superlink"):
+    if runtime == "deployment" and not fed.superlink:
         raise FinexpError(
             "federated.runtime=deployment needs federated.superlink=host:port (the SuperLink's Control API, "
             "e.g. 127.0.0.1:9093; start one with `finexp-federate serve`)"
@@ -81,7 +81,7 @@ def federation_from(cfg: DictConfig, module: pl.LightningModule, datamodule: Any
     """
     fed = cfg.federated
     check_runtime(fed)
-    runtime = fed.get("runtime", "inprocess")
+    runtime = fed.runtime
     if runtime == "deployment":
         from finexp.federated.submit import deployment_from
 
@@ -119,7 +119,7 @@ def _local_federation(cfg: DictConfig, module: pl.LightningModule, datamodule: A
         rounds=fed.rounds,
         val_loader=datamodule.val_dataloader(),
         make_trainer=make_trainer,
-        num_nodes=fed.get("min_available_nodes") or len(nodes),
+        num_nodes=fed.min_available_nodes or len(nodes),
         grid=InProcessGrid(app, contexts),
         monitor=cfg.task.monitor,
         mode=monitor_mode(cfg.task.monitor),
@@ -132,12 +132,12 @@ def _local_federation(cfg: DictConfig, module: pl.LightningModule, datamodule: A
         central_dp=central_dp_from(cfg),
         secure=secure_aggregation_from(cfg),
         seed=cfg.seed,
-        timeout=fed.get("timeout", 3600.0),
-        accept_failures=fed.get("accept_failures", False),
+        timeout=fed.timeout,
+        accept_failures=fed.accept_failures,
         state_dir=Path(cfg.paths.output_dir) / STATE_DIR,
         config=_plain_config(cfg),
-        resume=bool(cfg.get("resume", True)),
-        runtime=fed.get("runtime", "inprocess"),
+        resume=bool(cfg.resume),
+        runtime=fed.runtime,
     )
     return federation, nodes
 
@@ -168,7 +168,7 @@ def coordinator_from(
         rounds=fed.rounds,
         val_loader=datamodule.val_dataloader(),
         make_trainer=trainer_factory(cfg),
-        num_nodes=fed.get("min_available_nodes") or fed.num_clients,
+        num_nodes=fed.min_available_nodes or fed.num_clients,
         grid=grid,
         monitor=cfg.task.monitor,
         mode=monitor_mode(cfg.task.monitor),
@@ -182,6 +182,6 @@ def coordinator_from(
         accept_failures=fed.accept_failures,
         state_dir=Path(cfg.paths.output_dir) / STATE_DIR,
         config=_plain_config(cfg),
-        resume=bool(cfg.get("resume", True)),
+        resume=bool(cfg.resume),
         runtime="deployment",
     )

@@ -218,4 +218,4 @@ class DeploymentRun:
 def deployment_from(cfg: DictConfig, module: pl.LightningModule, datamodule: Any, loggers: list[Any]) -> Any:
     """``federated.runtime=deployment``: the :class:`DeploymentRun` of this run."""
     fed = cfg.federated
-    return DeploymentRun(cfg, module, loggers, fed.superlink, fed.get("root_certificates"), fed.timeout)
+    return DeploymentRun(cfg, module, loggers, fed.superlink, fed.root_certificates, fed.timeout)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from finexp import FinexpError
+from finexp.config.lookups import trainer_setting
 from finexp.targets import instantiate
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ def batching_from(cfg: DictConfig) -> Batching:
     from finexp.data.batching import build_batching
 
     data, trainer = cfg.data, cfg.trainer
-    devices = trainer.get("devices", 1)  # trainer is Lightning's kwargs (untyped): absent = Lightning's default
+    devices = trainer_setting(trainer, "devices")
     return build_batching(
         data.batch_size,
         data.eval_batch_size,
@@ -71,7 +72,7 @@ def batching_from(cfg: DictConfig) -> Batching:
         cfg.seed,
         num_workers=data.num_workers,
         pin_memory=data.pin_memory,
-        accelerator=str(trainer.get("accelerator", "auto")),  # Lightning's default
+        accelerator=str(trainer_setting(trainer, "accelerator")),
         processes_per_node=devices if isinstance(devices, int) and devices > 0 else 1,
     )
 
@@ -95,7 +96,7 @@ def weights_dtype(cfg: DictConfig) -> str:
     dtype = str(cfg.model.dtype)
     if dtype != "auto":
         return dtype
-    return PRECISION_DTYPES.get(str(cfg.trainer.get("precision", "32-true")), "float32")  # Lightning's default
+    return PRECISION_DTYPES.get(str(trainer_setting(cfg.trainer, "precision")), "float32")
 
 
 def load_options(cfg: DictConfig) -> LoadOptions:

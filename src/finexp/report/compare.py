@@ -174,6 +174,7 @@ def _row_statistics(s: Setting, cache: _Predictions) -> None:
 
 
 def _by_seed(runs: list[Run]) -> dict[Any, Run]:
+    # a run's seed from run_info.json, else its config.yaml (an unfinished run may have neither: its position)
     return {r.info.get("seed", r.config.get("seed", i)): r for i, r in enumerate(runs)}
 
 
