@@ -18,6 +18,7 @@ from finexp.baselines import GradientBoosting
 from finexp.baselines.stacking import GbmScore, log_odds, out_of_fold_scores
 from finexp.config import ConfigError, validate_config
 from finexp.data.splits import Splits
+from finexp.models.classifier import SequenceClassifier
 from finexp.train import train
 
 
@@ -158,3 +159,16 @@ def test_hybrid_settings_that_cannot_run_name_the_key(make_cfg, applicants_csv, 
     cfg = make_cfg("task=table_classification", f"data.path={applicants_csv}", "task.label_column=default", *overrides)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate_config(cfg)
+
+
+def test_a_hybrid_head_restarts_at_zero_and_needs_two_labels():
+    """``model.init_from`` with other labels re-initialises the head: a hybrid's at zero again, as when built."""
+    from transformers import BertConfig, BertModel
+
+    encoder = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2))
+    model = SequenceClassifier(encoder, 2, numeric_features=3, score_feature=2)
+    torch.nn.init.normal_(model.head.weight)  # as if trained
+    model.reset_head()
+    assert not model.head.weight.any() and not model.head.bias.any()
+    with pytest.raises(ValueError, match="two labels"):
+        SequenceClassifier(encoder, 3, numeric_features=3, score_feature=2)

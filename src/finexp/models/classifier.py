@@ -77,8 +77,17 @@ class SequenceClassifier(nn.Module):
         self.head = nn.Linear(encoder.config.hidden_size + numeric_features, num_labels)
         self.score_feature = score_feature
         if score_feature is not None:  # the residual starts at nothing: the model starts as the score
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+            self._zero_head()
+
+    def reset_head(self) -> None:
+        """A fresh head (``model.init_from`` with other labels): Linear's random init, zeros with ``score_feature``."""
+        self.head.reset_parameters()
+        if self.score_feature is not None:
+            self._zero_head()
+
+    def _zero_head(self) -> None:
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, features: torch.Tensor | None = None

@@ -130,7 +130,10 @@ def settle_head(model: nn.Module, label_names: list[str]) -> dict[str, Any] | No
         record["head"] = "kept"
         log.info("model.init_from: encoder and head from %s (same labels)", weights.source)
     else:
-        model.head.reset_parameters()
+        if hasattr(model, "reset_head"):  # a hybrid's head restarts at zero (SequenceClassifier.score_feature)
+            model.reset_head()
+        else:
+            model.head.reset_parameters()
         record["head"] = "reinitialized"
         log.warning(
             "model.init_from: the label set changed (%s -> %s): the head was re-initialized; the encoder comes from %s",
