@@ -62,10 +62,11 @@ def test_train_cfg_job_prints_the_config_without_torch(tmp_path):
         ("task.problem=ranking", "task.problem='ranking' is not allowed: choose one of classification"),
         ("optimizer.lr=-1", "optimizer.lr=-1.0 is not allowed: must be > 0"),
         ("task.lable_column=y", "Could not override 'task.lable_column'"),  # a typo: refused by the schema
+        ("search=budgeted +search.space.optimizer.lrr.choices=[1]", "search.space.optimizer.lrr: the config has no"),
     ],
 )
 def test_config_errors_are_reported_before_torch_loads(tmp_path, override, message):
-    result, heavy = _probe(tmp_path, "finexp.train", "finexp-train", "model=tiny_bert", override)
+    result, heavy = _probe(tmp_path, "finexp.train", "finexp-train", "model=tiny_bert", *override.split())
     assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
     assert heavy == []
     if "problem" in override:  # a validation error is still a failed run's record (error.json, no metrics.json)

@@ -7,6 +7,7 @@ import math
 import platform
 import subprocess
 import sys
+import traceback
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,16 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else value
     return value
+
+
+def failure_record(err: BaseException) -> dict[str, Any]:
+    """The ``error.json`` of a failed run (the team contract: status, error, type, traceback)."""
+    return {
+        "status": "failed",
+        "error": str(err),
+        "type": type(err).__name__,
+        "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__)),
+    }
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:

@@ -72,12 +72,23 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: json.dumps(node, sort_keys=True) if isinstance(node, list) else node}
 
 
+def _search_trial(directory: Path, root: Path) -> bool:
+    """A trial of a ``search=budgeted`` run (``<run>/trials/<n>``, beside ``<run>/search.json``) found from above
+    its ``trials`` directory: the search's tested run stands for it (reading ``<run>/trials`` lists the trials)."""
+    trials = directory.parent
+    if trials.name != "trials" or not (trials.parent / "search.json").is_file():
+        return False
+    return not root.resolve().is_relative_to(trials.resolve())
+
+
 def find_runs(root: str | Path) -> list[Run]:
-    """Every run below ``root`` (including ``root`` itself), sorted by path."""
+    """Every run below ``root`` (including ``root`` itself), sorted by path; a search's trials only when ``root`` is
+    inside their ``trials`` directory."""
     root = Path(root)
     if not root.is_dir():
         raise FinexpError(f"{root}: not a directory")
     directories = {p.parent for name in ("run_info.json", "error.json") for p in root.rglob(name)}
+    directories = {d for d in directories if not _search_trial(d, root)}
     runs = []
     for directory in sorted(directories):
         metrics = read_json(directory / "metrics.json")

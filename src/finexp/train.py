@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-import traceback
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from finexp import FinexpError, recipe
 from finexp.config import ConfigError, config_dir, trainer_setting, validate_config
 from finexp.multirun import failed_jobs
-from finexp.records import write_json
+from finexp.records import failure_record, write_json
 
 log = logging.getLogger("finexp")
 
@@ -41,7 +41,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(
+    cfg: DictConfig, *, callbacks: Sequence[Any] = (), records: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Run one experiment: fit, pick the best checkpoint, validate and test it, write the run records.
 
     The config is validated first, with only the config system loaded (a config error costs a second, not the
@@ -49,7 +51,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run (a rerun of a sweep) returns its ``metrics.json`` if it completed and continues from its ``last.ckpt``
     otherwise (``resume=false``: start afresh); ``ckpt_path`` always continues from the checkpoint given (``last``:
     the run directory's own). The run's W&B run is closed when it returns or raises, so the next run in the same
-    process (a multirun job, a test) starts its own.
+    process (a multirun job, a test) starts its own. With ``search=budgeted`` it is a search instead
+    (:func:`finexp.search.search`): trials on the validation split, then the best setting trained and tested once.
+
+    Args:
+        cfg: the composed config.
+        callbacks: more Lightning callbacks for this fit (a search trial's pruning).
+        records: entries added to ``metrics.json`` and logged (a search's ``search/*`` summary).
 
     Returns:
         The final metrics (also written to ``<output_dir>/metrics.json``).
@@ -57,10 +65,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate_config(cfg)
     _check_compile(cfg)
     recipe.check(cfg)
+    if cfg.search:  # search=budgeted: each trial, and the final run, comes back here with the search off
+        from finexp.search import search
+
+        return search(cfg, train)
     try:
         from finexp.training import run
 
-        metrics = run(cfg)
+        metrics = run(cfg, callbacks=callbacks, records=records)
     except BaseException:
         _finish_tracking(exit_code=1)
         raise
@@ -82,16 +94,6 @@ def _check_compile(cfg: DictConfig) -> None:
             "trainer.compile=true with privacy=dp_sgd: Opacus' per-sample gradient hooks do not trace under "
             "torch.compile; use trainer.compile=false"
         )
-
-
-def failure_record(err: BaseException) -> dict[str, Any]:
-    """The ``error.json`` of a failed run (the team contract: status, error, type, traceback)."""
-    return {
-        "status": "failed",
-        "error": str(err),
-        "type": type(err).__name__,
-        "traceback": "".join(traceback.format_exception(type(err), err, err.__traceback__)),
-    }
 
 
 def _write_error(cfg: DictConfig, err: BaseException) -> None:

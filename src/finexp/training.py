@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,12 @@ def _hydra_choices() -> dict[str, Any]:
     if not HydraConfig.initialized():
         return {}
     return {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
+
+
+def _pruned_at(callbacks: Sequence[pl.Callback]) -> dict[str, int]:
+    """``pruned_at_epoch`` of an Optuna trial its pruner stopped (the sweeper and the search read it back)."""
+    epochs = [c.pruned_at_epoch for c in callbacks if isinstance(c, OptunaPruning) and c.pruned_at_epoch is not None]
+    return {"pruned_at_epoch": epochs[0]} if epochs else {}
 
 
 def _best_checkpoint(trainer: pl.Trainer) -> str | None:
@@ -122,7 +129,9 @@ def _regression_report(
 REPORTS = {"classification": _trust_report, "regression": _regression_report}  # Problem.report -> writer
 
 
-def _train_baseline(cfg: DictConfig, datamodule: Any, monitor: str, output_dir: Path) -> dict[str, Any]:
+def _train_baseline(
+    cfg: DictConfig, datamodule: Any, monitor: str, output_dir: Path, records: Mapping[str, Any]
+) -> dict[str, Any]:
     """Fit a classic baseline on the train split and write the same records a fine-tuning run writes."""
     output_dir.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
@@ -139,17 +148,22 @@ def _train_baseline(cfg: DictConfig, datamodule: Any, monitor: str, output_dir: 
     results = run_baseline(estimator, datamodule, output_dir, cfg.task.class_weights, test=cfg.test)
     checkpoint = str(output_dir / "model.joblib")
     metrics = {"status": "completed", "monitor": monitor, "best_checkpoint": checkpoint, "epochs": 1, **results}
+    metrics |= records
     for logger in build.loggers_from(cfg):
         logger.log_hyperparams({**OmegaConf.to_container(cfg, resolve=True), "choices": _hydra_choices()})
-        logger.log_metrics({k: v for k, v in results.items() if isinstance(v, float | int)}, step=0)
+        logger.log_metrics({k: v for k, v in {**results, **records}.items() if isinstance(v, float | int)}, step=0)
         logger.finalize("success")
     write_json(output_dir / "metrics.json", metrics)
     _print_summary(metrics, output_dir, None)
     return metrics
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """:func:`finexp.train.train` after ``validate_config``: the run itself (see there)."""
+def run(
+    cfg: DictConfig, callbacks: Sequence[pl.Callback] = (), records: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """:func:`finexp.train.train` after ``validate_config``: the run itself (see there for ``callbacks`` and
+    ``records``)."""
+    records = dict(records or {})
     build.check_call_arguments(cfg)
     build.check_max_length(cfg)
     output_dir = Path(cfg.paths.output_dir)
@@ -177,7 +191,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         resume_epoch = int(resumed.get("epoch", -1))
         del resumed
     if cfg.model.kind == "baseline":  # a classic model (model=tfidf_logreg, gbm): same splits, metrics, records
-        return _train_baseline(cfg, datamodule, monitor, output_dir)
+        return _train_baseline(cfg, datamodule, monitor, output_dir, records)
     settled = recipe.derive(cfg, len(datamodule.datasets["train"]), datamodule.num_labels)
     recipe.apply(cfg, settled)  # what the config left null (epochs, lr, head lr) is a number from here on
     log.info("%s", settled.describe())
@@ -209,7 +223,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(logger, CSVLogger):
             logger.resume_epoch = resume_epoch
     pruning = _sweep_trial_callback(monitor)  # a job of hparams_search=optuna: report to its trial
-    extra_callbacks = [pruning] if pruning is not None else []
+    extra_callbacks = [*callbacks, *([pruning] if pruning is not None else [])]
     trainer = build.trainer_from(cfg, build.callbacks_from(cfg) + privacy.callbacks() + extra_callbacks, loggers)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if trainer.is_global_zero:
@@ -238,7 +252,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         _write_input_profile(cfg, datamodule, output_dir)
     for logger in trainer.loggers:
         logger.log_hyperparams({**resolved, "choices": _hydra_choices(), **params, **settled.flat()})
-        logger.log_metrics(params, step=0)
+        logger.log_metrics({**params, **{k: v for k, v in records.items() if isinstance(v, float | int)}}, step=0)
     log.info(
         "trainable parameters: %d of %d (%.2f%%)",
         params["params/trainable"],
@@ -284,7 +298,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         **privacy.report(),
         **method_records,
         **(federation.report() if federation is not None else {}),
-        **({"pruned_at_epoch": pruning.pruned_at_epoch} if pruning and pruning.pruned_at_epoch is not None else {}),
+        **_pruned_at(extra_callbacks),  # an Optuna trial (hparams_search=optuna or search=budgeted) pruned
+        **records,  # e.g. a search's summary (search/*)
         **{k: float(v) for k, v in sorted(metrics.items())},
     }
     report = REPORTS.get(build.problem_of(cfg).report or "")

@@ -351,6 +351,27 @@ def _rounds_curve(history: pd.DataFrame, monitor: str | None, out: Path) -> Sect
     return Section("Federated rounds", body, ["training_curve.png"])
 
 
+def _search_summary(metrics: dict[str, Any]) -> str:
+    """How the settings of a ``search=budgeted`` run were chosen (its ``search/*`` metrics; search.json has all)."""
+    budget = metrics.get("search/budget_minutes")
+    chosen = ", ".join(
+        f"`{key.removeprefix('search/best/')}={value:.3g}`"
+        if isinstance(value, float)
+        else f"`{key.removeprefix('search/best/')}={value}`"
+        for key, value in metrics.items()
+        if key.startswith("search/best/")
+    )
+    return (
+        f"{metrics['search/trials']} trials ({metrics['search/trials_complete']} complete, "
+        f"{metrics['search/trials_pruned']} pruned, {metrics['search/trials_failed']} failed) of at most "
+        f"{metrics['search/max_trials']}"
+        + (f" in a {budget:g}-minute budget" if budget is not None else "")
+        + f", stopped by {metrics['search/stopped_by']}, scored on the validation split only; the best, trial "
+        f"{metrics['search/best_trial']} ({metrics.get('monitor')} {metrics['search/best_val']:.4f}: {chosen}), was "
+        "trained again for this run, the only one tested. Every trial: `search.json`."
+    )
+
+
 def run_sections(
     config: dict[str, Any],
     label_names: list[str],
@@ -403,6 +424,9 @@ def run_sections(
         line += f"; epochs run: {metrics.get('epochs')}; fit time {metrics['time/fit_s']:.1f} s"
     lines.append(line + ".")
     sections.append(Section("Model and strategy", "\n\n".join(lines)))
+
+    if "search/trials" in metrics:  # search=budgeted: this run is the best of the trials, trained again
+        sections.append(Section("Hyper-parameter search", _search_summary(metrics)))
 
     privacy = config["privacy"]
     if privacy["name"] != "none" or privacy.get("mask_pii"):  # absent from a hand-written config: off

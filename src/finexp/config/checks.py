@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from finexp.config.lookups import target_of, trainer_setting
 from finexp.config.schema import ALLOWED
+from finexp.config.search_space import validate_search
 from finexp.extras import require_extra
 from finexp.problems.capabilities import ConfigError
 from finexp.problems.capabilities import require as _require
@@ -137,6 +138,7 @@ def validate_config(cfg: DictConfig) -> None:
     _validate_fusion(cfg)
     _validate_tables(cfg)
     check_compatibility(cfg)  # what the problem type supports (finexp.problems), then its own settings
+    validate_search(cfg, validate_config)  # search=budgeted: its keys, each end of each range checked as a run's
 
 
 def _validate_packing(cfg: DictConfig) -> None:

@@ -5,8 +5,8 @@ the wrong type fails while Hydra composes the config. Closed sets of values are 
 ``model.pooling`` ...): ``model.pooling=max`` fails at composition and names the allowed values.
 
 This module holds the tops of the entry points' configs (``conf/train.yaml``, ``eval``, ``predict``, ``serve``) and
-the groups only they use (``analysis``, ``federated``, ``rules``, ``serve``, ``paths``); the groups of a task and its
-data are in :mod:`finexp.config.task_schema`, those of a model and its training in
+the groups only they use (``analysis``, ``federated``, ``search``, ``rules``, ``serve``, ``paths``); the groups of a
+task and its data are in :mod:`finexp.config.task_schema`, those of a model and its training in
 :mod:`finexp.config.training_schema`. Every schema is importable from here (and from :mod:`finexp.config`).
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import II, MISSING
 
 from finexp.config.task_schema import (
     AugmentConfig,
@@ -88,11 +88,12 @@ __all__ = [
     "PrivacyConfig",
     "PromptMethodConfig",
     "PromptTuningAdapterConfig",
+    "RecipeConfig",
     "RuleConfig",
     "RulesConfig",
     "SGDConfig",
-    "RecipeConfig",
     "SchedulerConfig",
+    "SearchConfig",
     "SerializationConfig",
     "ServeConfig",
     "ServerConfig",
@@ -177,6 +178,23 @@ class FederatedConfig:
 
 
 @dataclass
+class SearchConfig:
+    """``search=budgeted``: trials on the validation split within a budget, then the best setting retrained and
+    tested once (finexp.search; ``space`` is checked against the composed config by finexp.config.search_space)."""
+
+    trials: int = 8  # the most trials; fewer when budget_minutes runs out first
+    budget_minutes: float | None = 30.0  # no trial starts after this much wall-clock time; null: only `trials`
+    seed: int = II("seed")  # the sampler's proposals (TPE)
+    startup_trials: int = 3  # random trials before TPE models the results, and before the pruner may stop one
+    pruner: str = "median"  # median: stop a trial below the median of earlier ones at the same epoch | none
+    warmup_epochs: int = 1  # epochs of every trial that are never pruned
+    storage: str | None = None  # null: the study in memory; sqlite:///search.db keeps it (a rerun continues it)
+    study_name: str | None = None  # the study's name in `storage`
+    keep_trial_checkpoints: bool = False  # false: a trial's checkpoints are removed once it is scored
+    space: dict[str, Any] = field(default_factory=dict)  # key -> {low, high, log, step} | {choices}, nested or dotted
+
+
+@dataclass
 class PathsConfig:
     root_dir: str = MISSING
     log_dir: str = MISSING
@@ -204,6 +222,7 @@ class TrainConfig:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     federated: Any = None  # federated=none (empty): central training; fedavg|fedprox: Flower rounds
+    search: Any = None  # search=none (empty): one run; budgeted: trials on val, the best retrained and tested once
     seed: int = 42
     run_name: str = MISSING
     tags: list[str] = field(default_factory=list)
@@ -332,6 +351,7 @@ def register_configs() -> None:
     cs.store(group="schema/analysis", name="analysis", node=AnalysisConfig)
     cs.store(group="schema/distill", name="distill", node=DistillConfig)
     cs.store(group="schema/federated", name="federated", node=FederatedConfig)
+    cs.store(group="schema/search", name="search", node=SearchConfig)
     cs.store(group="schema/privacy", name="dp_sgd", node=DPSGDConfig)
     cs.store(group="schema/privacy", name="label_dp", node=LabelDPConfig)
     cs.store(group="schema/method", name="method", node=MethodConfig)
