@@ -26,12 +26,12 @@ import argparse
 import json
 import os
 import random
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from finexp.testing.loopback import free_ports, stop_process_group, wait_for_port
 
 QUIET = [
     "logger=csv",
@@ -223,26 +223,6 @@ def _headlines(path: Path, rows: int, seed: int) -> None:
     pd.DataFrame(frame).to_csv(path, index=False)
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def _listening(port: int, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    sys.exit(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
-
-
 def _overhead(out: Path, rounds: int, rows: int) -> None:
     """Deployment (SuperLink + 2 SuperNodes on loopback) vs in-process on the same tiny run: round time, bytes."""
     out.mkdir(parents=True, exist_ok=True)
@@ -261,7 +241,7 @@ def _overhead(out: Path, rounds: int, rows: int) -> None:
         "trainer.accelerator=cpu",
         *QUIET,
     ]
-    serverappio, fleet, control, app_a, app_b = _free_ports(5)
+    serverappio, fleet, control, app_a, app_b = free_ports(5)
     env = {**os.environ, "FLWR_HOME": str(out / "flwr_home")}
     cli = [sys.executable, "-m", "finexp.federated.cli"]
     processes = []
@@ -282,8 +262,8 @@ def _overhead(out: Path, rounds: int, rows: int) -> None:
                 start_new_session=True,
             )
         )
-        _listening(fleet)
-        _listening(control)
+        wait_for_port(fleet)
+        wait_for_port(control)
         for bank, port in zip(banks, (app_a, app_b), strict=True):
             node = [
                 *cli,
@@ -301,7 +281,7 @@ def _overhead(out: Path, rounds: int, rows: int) -> None:
                     start_new_session=True,
                 )
             )
-            _listening(port)
+            wait_for_port(port)
         runs = {}
         import importlib.util
 
@@ -315,13 +295,7 @@ def _overhead(out: Path, rounds: int, rows: int) -> None:
             runs[runtime] = (json.loads((run_dir / "metrics.json").read_text()), seconds)
     finally:
         for process in processes:  # each by its process group (the Flower process and its app children)
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait(timeout=10)
+            stop_process_group(process)
     print(f"  tiny_bert, 2 nodes x {rows} rows, {rounds} round(s), FedAvg (deployment: loopback, insecure)")
     print(
         f"  {'runtime':<11} {'round s':>8} {'bytes/round':>12} {'up':>10} {'down':>10} {'test/auroc':>10} {'run s':>6}"

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from omegaconf import open_dict
 
 from finexp.config import config_dir
 from finexp.data.sources import read_rdataset
+from finexp.testing.loopback import free_ports, wait_for_health
 
 
 def _train(root: Path, model: str, max_rows: int | None) -> str:
@@ -62,12 +62,6 @@ def _train(root: Path, model: str, max_rows: int | None) -> str:
     from finexp.train import train
 
     return train(cfg)["best_checkpoint"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -135,7 +129,7 @@ def _load(url: str, records: list[dict], args: argparse.Namespace) -> tuple[list
 
 
 def _run_mode(model: str, mode: str, ckpt: str, records: list[dict], args: argparse.Namespace, work: Path) -> Result:
-    port = _free_port()
+    (port,) = free_ports()
     url = f"http://127.0.0.1:{port}"
     batching = (
         ["serve.max_batch_size=1"]
@@ -157,17 +151,10 @@ def _run_mode(model: str, mode: str, ckpt: str, records: list[dict], args: argpa
     ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=os.environ)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if server.poll() is not None:
-                raise SystemExit(f"finexp-serve exited: {server.stderr.read()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("finexp-serve did not start within 180 s") from None
-                time.sleep(0.3)
+        try:
+            wait_for_health(url, server, seconds=180)
+        except (RuntimeError, TimeoutError) as err:
+            raise SystemExit(f"finexp-serve did not start: {err}") from None
         with httpx.Client(base_url=url, timeout=60) as client:
             for i in range(args.warmup):
                 client.post("/predict", json={"rows": records[i * args.rows : (i + 1) * args.rows]})

@@ -5,14 +5,10 @@ Every process is stopped by the test (its process group, by PID)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +18,7 @@ import pytest
 from conftest import sentiment_frame, text_task
 from finexp import build
 from finexp.evaluate import evaluate
+from finexp.testing.loopback import free_ports, stop_process_group, wait_for_port
 from finexp.train import train
 
 pytest.importorskip("flwr")
@@ -37,28 +34,6 @@ FEDERATION = [
 ]
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def _wait_for_port(port: int, process: subprocess.Popen, log: Path, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"process exited with {process.returncode}: {log.read_text()[-2000:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"nothing listens on {port} after {seconds} s: {log.read_text()[-2000:]}")
-
-
 def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "finexp.federated.cli", *args],
@@ -67,19 +42,6 @@ def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
         env=env,
         start_new_session=True,  # its own process group: the ServerApp/ClientApp children stop with it
     )
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-    else:  # the Flower process ended; its children may not have
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 def _splits(make_cfg, path: Path) -> object:
@@ -126,7 +88,7 @@ def _global(run: Path) -> list[np.ndarray]:
 
 
 def test_superlink_and_two_supernodes_train_what_the_in_process_runtime_trains(make_cfg, tmp_path):
-    serverappio, fleet, control, app_a, app_b = _free_ports(5)
+    serverappio, fleet, control, app_a, app_b = free_ports(5)
     env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr_home")}
     banks = []
     for i, name in enumerate(("bank_a", "bank_b")):
@@ -147,9 +109,9 @@ def test_superlink_and_two_supernodes_train_what_the_in_process_runtime_trains(m
         # The in-process twin runs while the Flower processes start (a SuperNode retries until the SuperLink is up).
         twin, twin_run = _in_process_twin(make_cfg, coordinator, banks, tmp_path)
         for port in (fleet, control):
-            _wait_for_port(port, processes[0], link_log)
+            wait_for_port(port, processes[0], link_log)
         for process, bank, port in zip(processes[1:], banks, (app_a, app_b), strict=True):
-            _wait_for_port(port, process, tmp_path / f"{bank.stem}.log")
+            wait_for_port(port, process, tmp_path / f"{bank.stem}.log")
 
         cfg = make_cfg(
             *text_task(coordinator),  # the coordinator's own file: none of the banks' rows
@@ -161,7 +123,7 @@ def test_superlink_and_two_supernodes_train_what_the_in_process_runtime_trains(m
         metrics = train(cfg)
     finally:
         for process in processes:
-            _stop(process)
+            stop_process_group(process)
 
     run = Path(cfg.paths.output_dir)
     assert metrics["federated/runtime"] == "deployment" and metrics["federated/rounds"] == 2

@@ -5,10 +5,8 @@ keeps answering after bad input and concurrent load."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -18,6 +16,7 @@ from conftest import applicants_frame
 from finexp.inference import InputSpec, Predictor
 from finexp.rules import RuleSet
 from finexp.serving import create_app, start_in_thread
+from finexp.testing.loopback import free_ports, wait_for_health
 from serving_support import train_table_checkpoint
 
 RULES = RuleSet.from_specs(
@@ -140,14 +139,8 @@ def test_concurrent_clients_all_get_answers(server):
         assert sum(pool.map(call, range(8))) == 24
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_finexp_serve_cli(ckpt, tmp_path):
-    port = _free_port()
+    (port,) = free_ports()
     process = subprocess.Popen(
         [
             sys.executable,
@@ -166,15 +159,7 @@ def test_finexp_serve_cli(ckpt, tmp_path):
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "finexp-serve did not start"
-                time.sleep(0.3)
+        wait_for_health(f"http://127.0.0.1:{port}", process, seconds=120)
         answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"rows": rows(2)}, timeout=30).json()
         assert len(answer["predictions"]) == 2 and "final_decision" not in answer["predictions"][0]
     finally:

@@ -24,6 +24,7 @@ from finexp.config import ConfigError
 from finexp.inference import InputSpec, Prediction, Predictor
 from finexp.serve import serve
 from finexp.serving import create_app, public_metadata, read_api_keys, start_in_thread
+from finexp.testing.loopback import free_ports, wait_for_health
 from serving_support import compose_in, train_table_checkpoint
 
 KEY = "k3y-for-tests-0123456789abcdef"
@@ -336,14 +337,8 @@ def test_api_keys_come_from_an_environment_variable_or_a_file(tmp_path, monkeypa
         assert message in str(err.value) and KEY not in str(err.value)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_finexp_serve_cli_with_an_api_key_and_access_log(ckpt, tmp_path):
-    port = _free_port()
+    (port,) = free_ports()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "FINEXP_SERVE_KEY": KEY}
     command = [sys.executable, "-m", "finexp.serve", f"ckpt={ckpt}", f"serve.port={port}", "serve.log_level=warning"]
     missing = subprocess.run(
@@ -365,15 +360,7 @@ def test_finexp_serve_cli_with_an_api_key_and_access_log(ckpt, tmp_path):
         env=env,
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, process.stdout.read()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "finexp-serve did not start"
-                time.sleep(0.3)
+        wait_for_health(f"http://127.0.0.1:{port}", process, seconds=120)
         url = f"http://127.0.0.1:{port}"
         assert httpx.post(f"{url}/predict", json={"rows": rows(2)}, timeout=30).status_code == 401
         ok = httpx.post(f"{url}/predict", json={"rows": rows(2)}, headers={"X-API-Key": KEY}, timeout=30)
