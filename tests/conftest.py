@@ -136,6 +136,28 @@ def applicants_csv(tmp_path: Path) -> Path:
     return path
 
 
+# An easy instruction-tuning task (task=answer_generation): each prompt has one answer.
+QA = [
+    ("how do i reset my pin", "use the app settings to reset your pin"),
+    ("my card was stolen", "freeze the card in the app and call us"),
+    ("what is the transfer limit", "the daily limit is five thousand"),
+    ("can i get a new card", "order a new card in the app"),
+]
+
+
+def write_qa_jsonl(path: Path, n: int = 40, seed: int = 0) -> Path:
+    """``n`` prompt/response rows drawn (seeded) from :data:`QA`, as JSONL at ``path``."""
+    rng = random.Random(seed)
+    rows = [dict(zip(("prompt", "response"), rng.choice(QA), strict=True)) for _ in range(n)]
+    pd.DataFrame(rows).to_json(path, orient="records", lines=True)
+    return path
+
+
+@pytest.fixture
+def qa_jsonl(tmp_path: Path) -> Path:
+    return write_qa_jsonl(tmp_path / "qa.jsonl")
+
+
 def text_task(path: Path) -> list[str]:
     return [
         "task=text_classification",

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 
+from conftest import QA
 from finexp import FinexpError, build
 from finexp.config import ConfigError, validate_config
 from finexp.data.ner import IGNORE
@@ -17,22 +16,7 @@ from finexp.models.causal_lm import CausalLM, build_causal_lm, generate
 from finexp.problems.generation_training import exact_match, response_nll, rouge_l
 from finexp.train import train
 
-QA = [
-    ("how do i reset my pin", "use the app settings to reset your pin"),
-    ("my card was stolen", "freeze the card in the app and call us"),
-    ("what is the transfer limit", "the daily limit is five thousand"),
-    ("can i get a new card", "order a new card in the app"),
-]
 GPT = ["task=answer_generation", "model=tiny_gpt"]
-
-
-@pytest.fixture
-def qa_jsonl(tmp_path: Path) -> Path:
-    rng = random.Random(0)
-    rows = [dict(zip(("prompt", "response"), rng.choice(QA), strict=True)) for _ in range(40)]
-    path = tmp_path / "qa.jsonl"
-    pd.DataFrame(rows).to_json(path, orient="records", lines=True)
-    return path
 
 
 def test_the_loss_ignores_prompt_tokens(make_cfg, qa_jsonl):

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from conftest import write_qa_jsonl
 from finexp.config import ConfigError, validate_config
 from finexp.data.ner import IGNORE
 from finexp.data.packing import PackedCollator, PackedDataset, pack_rows
 from finexp.models.causal_lm import CausalLM
 from finexp.train import train
-
-QA = [
-    ("how do i reset my pin", "use the app settings to reset your pin"),
-    ("my card was stolen", "freeze the card in the app and call us"),
-    ("what is the transfer limit", "the daily limit is five thousand"),
-    ("can i get a new card", "order a new card in the app"),
-]
 
 
 class Rows(torch.utils.data.Dataset):
@@ -90,11 +82,7 @@ def test_padding_is_its_own_segment_with_no_labels():
 
 @pytest.fixture
 def qa_jsonl(tmp_path: Path) -> Path:
-    rng = random.Random(0)
-    rows = [dict(zip(("prompt", "response"), rng.choice(QA), strict=True)) for _ in range(60)]
-    path = tmp_path / "qa.jsonl"
-    pd.DataFrame(rows).to_json(path, orient="records", lines=True)
-    return path
+    return write_qa_jsonl(tmp_path / "qa.jsonl", n=60)  # conftest's rows, 60 of them (its fixture writes 40)
 
 
 @pytest.mark.parametrize(
