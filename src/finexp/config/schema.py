@@ -7,7 +7,7 @@ the wrong type fails while Hydra composes the config. Closed sets of values are 
 This module holds the tops of the entry points' configs (``conf/train.yaml``, ``eval``, ``predict``, ``serve``) and
 the groups only they use (``analysis``, ``federated``, ``search``, ``rules``, ``serve``, ``paths``); the groups of a
 task and its data are in :mod:`finexp.config.task_schema`, those of a model and its training in
-:mod:`finexp.config.training_schema`. Every schema is importable from here (and from :mod:`finexp.config`).
+:mod:`finexp.config.training_schema`.
 """
 
 from __future__ import annotations
@@ -18,19 +18,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING
 
-from finexp.config.task_schema import (
-    AugmentConfig,
-    CrossValidationConfig,
-    DataConfig,
-    GenerationConfig,
-    HybridConfig,
-    SerializationConfig,
-    TaskConfig,
-    WindowConfig,
-)
+from finexp.config.task_schema import DataConfig, TaskConfig
 from finexp.config.training_schema import (
-    ADAPTER_SCHEMAS,
-    OPTIMIZER_SCHEMAS,
     AdamWConfig,
     BottleneckAdapterConfig,
     DistillConfig,
@@ -43,7 +32,6 @@ from finexp.config.training_schema import (
     LoraAdapterConfig,
     MethodConfig,
     ModelConfig,
-    PIIConfig,
     PrefixTuningAdapterConfig,
     PrivacyConfig,
     PromptMethodConfig,
@@ -54,56 +42,6 @@ from finexp.config.training_schema import (
     SGDConfig,
     TopLayersAdapterConfig,
 )
-
-__all__ = [
-    "ADAPTER_SCHEMAS",
-    "ALLOWED",
-    "OPTIMIZER_SCHEMAS",
-    "AdamWConfig",
-    "AnalysisConfig",
-    "AugmentConfig",
-    "BottleneckAdapterConfig",
-    "CrossValidationConfig",
-    "DPSGDConfig",
-    "DataConfig",
-    "DistillConfig",
-    "EvalConfig",
-    "FederatedCentralDPConfig",
-    "FederatedConfig",
-    "FederatedDPConfig",
-    "FreezeAdapterConfig",
-    "FullAdapterConfig",
-    "GenerationConfig",
-    "GenerativeMethodConfig",
-    "HybridConfig",
-    "IA3AdapterConfig",
-    "LabelDPConfig",
-    "LoraAdapterConfig",
-    "MethodConfig",
-    "ModelConfig",
-    "PIIConfig",
-    "PathsConfig",
-    "PredictConfig",
-    "PrefixTuningAdapterConfig",
-    "PrivacyConfig",
-    "PromptMethodConfig",
-    "PromptTuningAdapterConfig",
-    "RecipeConfig",
-    "RuleConfig",
-    "RulesConfig",
-    "SGDConfig",
-    "SchedulerConfig",
-    "SearchConfig",
-    "SerializationConfig",
-    "ServeConfig",
-    "ServerConfig",
-    "SetFitMethodConfig",
-    "TaskConfig",
-    "TopLayersAdapterConfig",
-    "TrainConfig",
-    "WindowConfig",
-    "register_configs",
-]
 
 
 @dataclass
