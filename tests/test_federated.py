@@ -13,7 +13,7 @@ import torch
 from omegaconf import open_dict
 
 from conftest import text_task
-from finexp import build
+from finexp import build, recipe
 from finexp.config import ConfigError, validate_config
 from finexp.evaluate import evaluate
 from finexp.federated import (
@@ -118,6 +118,7 @@ def _federation(make_cfg, sentiment_csv, *overrides, output_dir=None):
     datamodule = build.datamodule_from(cfg, tokenizer)
     datamodule.prepare()
     build.resolve_monitor(cfg, datamodule.num_labels)
+    recipe.settle(cfg, datamodule)
     model = build.model_from(cfg, datamodule.num_labels, tokenizer)
     module = build.module_from(cfg, model, datamodule)
     return federation_from(cfg, module, datamodule, loggers=[])

@@ -174,3 +174,11 @@ def apply(cfg: DictConfig, recipe: Recipe) -> None:
         cfg.trainer.max_epochs = recipe.max_epochs.value
         cfg.optimizer.lr = recipe.lr.value
         cfg.optimizer.head_lr = recipe.head_lr.value
+
+
+def settle(cfg: DictConfig, datamodule: Any) -> Recipe:
+    """:func:`derive` for a prepared datamodule's train split, then :func:`apply`: every builder that follows
+    (model, module, trainer; a federation's nodes) reads numbers. A config already settled stays as it is."""
+    settled = derive(cfg, len(datamodule.datasets["train"]), datamodule.num_labels)
+    apply(cfg, settled)
+    return settled

@@ -192,8 +192,7 @@ def run(
         del resumed
     if cfg.model.kind == "baseline":  # a classic model (model=tfidf_logreg, gbm): same splits, metrics, records
         return _train_baseline(cfg, datamodule, monitor, output_dir, records)
-    settled = recipe.derive(cfg, len(datamodule.datasets["train"]), datamodule.num_labels)
-    recipe.apply(cfg, settled)  # what the config left null (epochs, lr, head lr) is a number from here on
+    settled = recipe.settle(cfg, datamodule)  # what the config left null (epochs, lr, head lr) is a number from here on
     log.info("%s", settled.describe())
     memory_records = {}
     if cfg.model.check_memory:  # before any weights load: the estimate beside the device's free memory

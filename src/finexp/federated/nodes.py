@@ -69,13 +69,14 @@ def client_dp_from(cfg: DictConfig) -> Any:
 def build_run(cfg: DictConfig) -> tuple[Any, Any]:
     """The module and datamodule of a run (tokenizer, data, model), in finexp-train's order, so the same config
     builds the same model."""
-    from finexp import build
+    from finexp import build, recipe
 
     pl.seed_everything(cfg.seed, workers=True)
     tokenizer = build.tokenizer_from(cfg)
     datamodule = build.datamodule_from(cfg, tokenizer, privacy=build.privacy_from(cfg))
     datamodule.prepare()
     build.resolve_monitor(cfg, datamodule.num_labels)
+    recipe.settle(cfg, datamodule)  # the submitted config is settled already; a node's own config may not be
     model = build.model_from(cfg, datamodule.num_labels, tokenizer)
     return build.module_from(cfg, model, datamodule), datamodule
 
