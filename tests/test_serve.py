@@ -177,7 +177,8 @@ def test_text_models_take_texts(predictor):
             assert answers[0]["label"] in ("no", "yes") and answers[0]["error"] is None
             assert answers[1]["error"] == "column 'headline' is empty" and answers[2]["error"] is None
             same = client.post("/predict", json={"rows": [{"headline": "profit beats forecast", "id": 3}]}).json()
-            assert same["predictions"][0]["probabilities"] == answers[0]["probabilities"]
+            # the same text scored alone or padded beside another: equal up to float summation order
+            assert same["predictions"][0]["probabilities"] == pytest.approx(answers[0]["probabilities"], abs=1e-6)
             assert "final_decision" not in answers[0]  # no rules configured
     finally:
         server.should_exit = True
