@@ -16,7 +16,7 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from conftest import text_task
-from finexp import build
+from finexp import build, recipe
 from finexp.config import ConfigError, validate_config
 from finexp.data.batching import PadCollator
 from finexp.privacy import PoissonBatchSampler, PrivacyError
@@ -82,6 +82,7 @@ def _pieces(make_cfg, csv, *overrides):
     tokenizer = build.tokenizer_from(cfg)
     datamodule = build.datamodule_from(cfg, tokenizer, privacy=privacy)
     datamodule.prepare()
+    recipe.settle(cfg, datamodule)  # as finexp-train does: the null lr becomes the adapter's
     model = build.model_from(cfg, datamodule.num_labels, tokenizer)
     return privacy, datamodule, model, build.module_from(cfg, model, datamodule)
 
@@ -182,6 +183,7 @@ def test_dp_sgd_needs_poisson_batches(make_cfg, sentiment_csv):
     tokenizer = build.tokenizer_from(cfg)
     datamodule = build.datamodule_from(cfg, tokenizer)  # no privacy plan: shuffled batches
     datamodule.prepare()
+    recipe.settle(cfg, datamodule)
     module = build.module_from(cfg, build.model_from(cfg, 2, tokenizer), datamodule)
     trainer = pl.Trainer(accelerator="cpu", logger=False, max_steps=1, callbacks=[DPSGD(noise_multiplier=1.0)])
     with pytest.raises(PrivacyError, match="Poisson"):

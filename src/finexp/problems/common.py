@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from finexp import FinexpError
 from finexp.config.lookups import trainer_setting
+from finexp.problems.capabilities import ConfigError
 from finexp.targets import instantiate
 
 if TYPE_CHECKING:
@@ -130,7 +131,17 @@ def with_adapter(cfg: DictConfig, model: nn.Module) -> nn.Module:
 
 
 def optimization(cfg: DictConfig) -> dict[str, Any]:
-    """A module's ``optimizer`` and ``scheduler`` factories (``conf/optimizer``, ``conf/scheduler``)."""
+    """A module's ``optimizer`` and ``scheduler`` factories (``conf/optimizer``, ``conf/scheduler``).
+
+    Raises:
+        ConfigError: ``optimizer.lr`` is still null: the recipe settles it once the train split is known
+            (:func:`finexp.recipe.settle`, which finexp-train runs before it builds the model).
+    """
+    if cfg.optimizer.lr is None:
+        raise ConfigError(
+            "optimizer.lr is null: recipe=auto picks it once the data is known (finexp.recipe.settle(cfg, "
+            "datamodule), as finexp-train does); settle the config first or set optimizer.lr"
+        )
     return {
         "optimizer": instantiate(cfg.optimizer),
         "scheduler": instantiate(cfg.scheduler),
