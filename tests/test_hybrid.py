@@ -112,7 +112,7 @@ def test_the_untrained_hybrid_is_boosting(make_cfg, tmp_path):
     datamodule = build.datamodule_from(cfg, tokenizer)
     datamodule.prepare()
     model = build.model_from(cfg, datamodule.num_labels, tokenizer, datamodule.label_names)
-    build.module_from(cfg, model, datamodule)  # gives the fusion input the train statistics, as a run does
+    build.fit_fusion_statistics(model, datamodule)  # the fusion input's train statistics, as a run sets them
     model.eval()
     column = datamodule.numeric_columns.index("gbm_score")
     for split in ("train", "val", "test"):
