@@ -23,7 +23,7 @@ FAST = [  # what every in-process test run shares: tiny model, CSV logger, quick
     "model=tiny_bert",
     "logger=csv",
     "trainer.accelerator=cpu",
-    "trainer.max_epochs=3",  # recipe=auto would give tiny data up to 10 (tests/test_recipe.py unpins it)
+    "recipe.max_epochs=3",  # recipe=auto would give tiny data up to 10 (tests/test_recipe.py lifts the cap)
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
     "trainer.num_sanity_val_steps=0",
