@@ -19,6 +19,14 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# pytest-xdist (pyproject's addopts: one worker per core, at most 4) runs the tests in parallel: each worker, and every
+# process a test starts (CLI runs, DDP ranks, Flower nodes), gets its share of the cores as threads, so two workers
+# on two cores do not each run two PyTorch threads (oversubscribed, that is 3-6x slower, not 2x faster).
+if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    threads = str(max(1, (os.cpu_count() or 1) // int(workers)))
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, threads)
+
 FAST = [  # what every in-process test run shares: tiny model, CSV logger, quick epochs
     "model=tiny_bert",
     "logger=csv",

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from finexp import build
+from finexp import build, recipe
 from finexp.config import ConfigError, validate_config
 from finexp.data.sources import DataError
 from finexp.problems.multilabel_training import MultiLabelObjective
@@ -72,6 +72,7 @@ def test_label_sets_from_one_cell(make_cfg, complaints_csv):
     for row, tags in zip(targets.tolist(), frame["tags"], strict=True):
         assert [name for name, on in zip(dm.label_names, row, strict=True) if on] == list(tags)
     assert (targets.sum(1) == 0).any() and (targets.sum(1) == 2).any()  # rows with no tag and with two
+    recipe.settle(cfg, dm)  # as finexp-train does: the null lr becomes the adapter's
     model = build.model_from(cfg, dm.num_labels, build.tokenizer_from(cfg))
     module = build.module_from(cfg, model, dm)
     assert isinstance(module.loss_fn, torch.nn.BCEWithLogitsLoss) and model.head.out_features == 3

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from finexp import build
+from finexp import build, recipe
 from finexp.config import ConfigError, validate_config
 from finexp.data.sources import DataError
 from finexp.evaluate import evaluate
@@ -104,6 +104,7 @@ def test_huber_loss_is_selectable(make_cfg, rates_csv):
     cfg = make_cfg(*table_task(rates_csv, "task.loss=huber", "task.huber_delta=0.5"))
     dm = build.datamodule_from(cfg, build.tokenizer_from(cfg))
     dm.prepare()
+    recipe.settle(cfg, dm)  # as finexp-train does: the null lr becomes the adapter's
     module = build.module_from(cfg, build.model_from(cfg, dm.num_labels, build.tokenizer_from(cfg)), dm)
     assert isinstance(module.loss_fn, torch.nn.HuberLoss) and module.loss_fn.delta == 0.5
     assert module.model.head.out_features == 1
