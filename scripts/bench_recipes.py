@@ -3,6 +3,7 @@
     python scripts/bench_recipes.py                 # credit_scoring, mortgage_denial, coded credit; MiniLM; 3 seeds
     python scripts/bench_recipes.py --quick         # tiny_bert, 300 rows, 1 epoch, 1 seed: a correctness check
     python scripts/bench_recipes.py --tasks credit_scoring --seeds 1 2 3 --overrides trainer.max_epochs=3
+    python scripts/bench_recipes.py --contenders gbm hybrid hybrid+map   # only these rows
 
 Every row is a finexp-train run in this process on the task's default split (data.split_seed=42), test AUROC:
 
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["credit_scoring", "mortgage_denial", "coded_credit"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--quick", action="store_true", help="tiny_bert, 300 rows, 1 epoch, 1 seed, 2 folds")
+    parser.add_argument("--contenders", nargs="+", default=None, help="only these rows (e.g. gbm hybrid hybrid+map)")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra finexp-train overrides for every run")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -100,6 +102,8 @@ def main() -> None:
             else:
                 plans = [(name, [f"task={task}", *extra], None) for name, extra in CONTENDERS.items()]
             for name, overrides, value_map in plans:
+                if args.contenders is not None and name not in args.contenders:
+                    continue
                 started = time.perf_counter()
                 scores = [
                     run(task, name, seed, [*base, *overrides, *args.overrides], value_map, out) for seed in args.seeds
