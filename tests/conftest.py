@@ -23,7 +23,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # process a test starts (CLI runs, DDP ranks, Flower nodes), gets its share of the cores as threads, so two workers
 # on two cores do not each run two PyTorch threads (oversubscribed, that is 3-6x slower, not 2x faster).
 if workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    threads = str(max(1, (os.cpu_count() or 1) // int(workers)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = str(max(1, cores // int(workers)))
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(variable, threads)
 
