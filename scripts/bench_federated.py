@@ -11,6 +11,7 @@ table, summarizes it with ``finexp-report``, then measures the bytes of one roun
     python scripts/bench_federated.py --jobs 3              # the three arms at once (busy machines)
     python scripts/bench_federated.py --part summary --out DIR   # summarize runs already there
     python scripts/bench_federated.py --rounds 10 --lr 1e-3   # more rounds, a tuned client lr (target: within 0.02)
+    python scripts/bench_federated.py --rounds 5 --local-epochs 2 --lr 1e-3   # central: 10 epochs, the same budget
     python scripts/bench_federated.py --part overhead       # deployment (SuperLink + 2 nodes), simulation, in-process
     python scripts/bench_federated.py --quick               # a correctness check of the overhead part (tiny_bert)
 
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--part", choices=("all", "sweep", "summary", "bytes", "overhead"), default="all")
     parser.add_argument("--rounds", type=int, default=None, help="federated rounds (and central epochs) of the sweep")
     parser.add_argument("--lr", type=float, default=None, help="optimizer.lr of every arm (the client lr)")
+    parser.add_argument("--local-epochs", type=int, default=None, help="federated.local_epochs of the clients")
     parser.add_argument("--quick", action="store_true", help="only the overhead part, 1 round, tiny (a check)")
     args = parser.parse_args()
     out = Path(args.out).resolve()
@@ -86,9 +88,12 @@ def main() -> None:
         return
     extra = [f"optimizer.lr={args.lr}"] if args.lr is not None else []
     federated_extra = []  # federated.* exists only in the federated arms (federated=none composes to an empty node)
-    if args.rounds is not None:  # same budget: rounds x 1 local epoch = epochs of the central arm
-        extra += [f"trainer.max_epochs={args.rounds}"]
+    local_epochs = args.local_epochs or 1
+    if args.rounds is not None:  # same budget: rounds x local epochs = epochs of the central arm
+        extra += [f"trainer.max_epochs={args.rounds * local_epochs}"]
         federated_extra += [f"federated.rounds={args.rounds}"]
+    if args.local_epochs is not None:
+        federated_extra += [f"federated.local_epochs={args.local_epochs}"]
     if args.part in ("all", "sweep"):
         _sweep(out, args.max_rows, args.seeds, args.jobs, extra, federated_extra)
     if args.part in ("all", "sweep", "summary"):
