@@ -43,6 +43,12 @@ CONTENDERS = {
     "text": ["model.fusion=null", "optimizer.head_lr=1e-3"],  # as conf/contender/table_text.yaml
     "hybrid": ["model.fusion=concat", "task.hybrid.gbm_score=true", "optimizer.head_lr=1e-3"],
 }
+CODED_ROWS = {  # coded_credit's rows: name -> (contender, read through the codebook)
+    "gbm": ("gbm", False),
+    "text (codes)": ("text", False),
+    "text+map": ("text", True),
+    "hybrid+map": ("hybrid", True),
+}
 
 
 def coded_credit(directory: Path) -> tuple[Path, dict[str, dict[str, str]]]:
@@ -74,7 +80,9 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["credit_scoring", "mortgage_denial", "coded_credit"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--quick", action="store_true", help="tiny_bert, 300 rows, 1 epoch, 1 seed, 2 folds")
-    parser.add_argument("--contenders", nargs="+", default=None, help="only these rows (e.g. gbm hybrid hybrid+map)")
+    parser.add_argument(
+        "--contenders", nargs="+", default=None, choices={**CONTENDERS, **CODED_ROWS}, help="only these rows"
+    )
     parser.add_argument("--overrides", nargs="*", default=[], help="extra finexp-train overrides for every run")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -94,10 +102,8 @@ def main() -> None:
                 path, codebook = coded_credit(Path(tmp))
                 source = ["task=credit_scoring", "data.rdataset=null", f"data.path={path}"]
                 plans = [
-                    ("gbm", [*source, *CONTENDERS["gbm"]], None),
-                    ("text (codes)", [*source, *CONTENDERS["text"]], None),
-                    ("text+map", [*source, *CONTENDERS["text"]], codebook),
-                    ("hybrid+map", [*source, *CONTENDERS["hybrid"]], codebook),
+                    (name, [*source, *CONTENDERS[contender]], codebook if mapped else None)
+                    for name, (contender, mapped) in CODED_ROWS.items()
                 ]
             else:
                 plans = [(name, [f"task={task}", *extra], None) for name, extra in CONTENDERS.items()]
