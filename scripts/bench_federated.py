@@ -43,6 +43,9 @@ QUIET = [
 ]
 
 
+ARMS = ("central", "iid", "dirichlet")  # experiment=federated_vs_central: federated=none, fedavg, fedavg_skewed
+
+
 def _run(args: list[str], log: Path) -> float:
     started = time.perf_counter()
     with log.open("w") as out:
@@ -58,6 +61,8 @@ def _metrics(directory: Path) -> list[dict]:
         metrics = json.loads(path.read_text())
         info = json.loads((path.parent / "run_info.json").read_text())
         arm = info["choices"].get("federated") or "none"
+        if arm != "none" and metrics.get("federated/label_skew", 0) > 0.05 and "skewed" not in arm:
+            arm += " (dirichlet)"  # another strategy's Dirichlet arm: the same config name as its IID arm
         runs.append(
             {"dir": path.parent, "metrics": metrics, "federated": arm != "none", "arm": arm, "seed": info["seed"]}
         )
@@ -80,6 +85,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="optimizer.lr of every arm (the client lr)")
     parser.add_argument("--local-epochs", type=int, default=None, help="federated.local_epochs of the clients")
     parser.add_argument("--quick", action="store_true", help="only the overhead part, 1 round, tiny (a check)")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="the arms to run (default: all)")
+    parser.add_argument(
+        "--strategy", default="fedavg", help="conf/federated config of the federated arms (fedavgm, fedadam, fedprox)"
+    )
+    parser.add_argument(
+        "--federated-overrides", nargs="*", default=[], help="more overrides of the federated arms only"
+    )
+    parser.add_argument("--central-epochs", type=int, default=None, help="epochs of the central arm (default: budget)")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -94,8 +107,12 @@ def main() -> None:
         federated_extra += [f"federated.rounds={args.rounds}"]
     if args.local_epochs is not None:
         federated_extra += [f"federated.local_epochs={args.local_epochs}"]
+    federated_extra += args.federated_overrides
+    central_extra = [f"trainer.max_epochs={args.central_epochs}"] if args.central_epochs else []
+    arms = {arm: _arm_overrides(arm, args.strategy, federated_extra, central_extra) for arm in args.arms}
     if args.part in ("all", "sweep"):
-        _sweep(out, args.max_rows, args.seeds, args.jobs, extra, federated_extra)
+        single = args.jobs > 1 or federated_extra or central_extra or args.strategy != "fedavg" or len(arms) < 3
+        _sweep(out, args.max_rows, args.seeds, args.jobs, extra, arms if single else None)
     if args.part in ("all", "sweep", "summary"):
         _summary(out)
     if args.part in ("all", "bytes"):
@@ -104,25 +121,35 @@ def main() -> None:
         _overhead(out.with_name(out.name + "-overhead"), rounds=3, rows=400)
 
 
-def _sweep(out: Path, max_rows: int, seeds: str, jobs: int, extra: list[str], federated_extra: list[str]) -> None:
+def _arm_overrides(arm: str, strategy: str, federated_extra: list[str], central_extra: list[str]) -> list[str]:
+    """One arm's overrides: central (``federated=none``), IID or Dirichlet(0.5) partitions under ``strategy``."""
+    if arm == "central":
+        return ["federated=none", *central_extra]
+    if arm == "dirichlet":  # fedavg: the experiment's own arm, conf/federated/fedavg_skewed.yaml
+        skew = ["federated.partition=dirichlet", "federated.alpha=0.5"]
+        chosen = ["federated=fedavg_skewed"] if strategy == "fedavg" else [f"federated={strategy}", *skew]
+        return [*chosen, *federated_extra]
+    return [f"federated={strategy}", *federated_extra]
+
+
+def _sweep(
+    out: Path, max_rows: int, seeds: str, jobs: int, extra: list[str], arms: dict[str, list[str]] | None
+) -> None:
     """The experiment's runs: one ``-m`` sweep, or its arms as single runs, ``jobs`` at a time (also when the
     federated arms take overrides of their own, which a ``-m`` sweep would pass to the central arm too)."""
     data = [f"data.max_rows={max_rows}", *extra]
     started = time.perf_counter()
-    if jobs == 1 and not federated_extra:
+    if arms is None:
         args = ["finexp-train", "-m", "experiment=federated_vs_central", f"hydra.sweeper.params.seed={seeds}"]
         _run([*args, f"hydra.sweep.dir={out / 'sweep'}", *data, *QUIET], out / "sweep.log")
     else:
-        pending = [
-            (arm, seed) for seed in seeds.split(",") for arm in ("none", "fedavg", "fedavg_skewed")
-        ]  # the experiment's grid
+        pending = [(arm, seed) for seed in seeds.split(",") for arm in arms]  # the experiment's grid, or part of it
         running: list[subprocess.Popen] = []
         while pending or running:
             while pending and len(running) < jobs:
                 arm, seed = pending.pop(0)
                 run_dir = out / "runs" / f"{arm}-seed{seed}"
-                args = ["finexp-train", "experiment=federated_vs_central", f"federated={arm}", f"seed={seed}"]
-                args += federated_extra if arm != "none" else []
+                args = ["finexp-train", "experiment=federated_vs_central", *arms[arm], f"seed={seed}"]
                 log = (out / f"{arm}-seed{seed}.log").open("w")
                 running.append(
                     subprocess.Popen(
