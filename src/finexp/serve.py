@@ -3,6 +3,7 @@
     finexp-serve ckpt=outputs/credit_scoring/runs/<date>/<time>/checkpoints/best.ckpt
     finexp-serve ckpt=a.ckpt,b.ckpt rules=credit_policy serve.port=8080 serve.max_batch=64
     finexp-serve ckpt=.../best.ckpt serve.onnx=exported/credit-onnx          # ONNX Runtime (finexp-export format=onnx)
+    finexp-serve ckpt=.../best.ckpt serve.precision=bf16                     # bfloat16 weights (serving.precision)
     FINEXP_API_KEY=$(openssl rand -hex 32) finexp-serve ckpt=... serve.api_key_env=FINEXP_API_KEY
 
     POST /predict   {"rows": [{"Income": 129, ...}, ...]}  (table or text tasks: the columns the model reads)
@@ -78,12 +79,19 @@ def _log_access_to_stdout() -> None:
 def serve(cfg: DictConfig) -> None:
     """The ``finexp-serve`` run: check the settings, load the checkpoint(s) and the rules, serve until interrupted."""
     from finexp.serving.onnx import onnx_file
+    from finexp.serving.precision import check_precision
     from finexp.serving.security import read_api_keys
 
     validate_serving(cfg)
     settings = cfg.serve
     _check_limits(settings)
     keys = read_api_keys(settings.api_key_env, settings.api_key_file)  # before the model loads: fail fast
+    if settings.onnx and settings.precision != "fp32":
+        raise ConfigError(
+            f"serve.precision={settings.precision} casts the PyTorch model; serve.onnx= is an ONNX Runtime model "
+            "(its own precision is chosen at export: finexp-export quantize=int8)"
+        )
+    check_precision(str(settings.precision), str(settings.device))
     onnx_path = onnx_file(settings.onnx) if settings.onnx else None
     if onnx_path is not None and str(settings.device).startswith("cuda"):
         raise ConfigError(f"serve.onnx runs on ONNX Runtime's CPU provider: serve.device={settings.device} with it")
@@ -108,6 +116,10 @@ def serve(cfg: DictConfig) -> None:
         from finexp.serving.onnx import onnx_predictor
 
         model = onnx_predictor(model, onnx_path, settings.threads or None)
+    if settings.precision == "bf16":
+        from finexp.serving.precision import to_bf16
+
+        model = to_bf16(model, float(settings.bf16_tolerance))
     bind_rules(rules, model, list(cfg.rules.extra_columns))
     app = create_app(
         model,
@@ -129,7 +141,9 @@ def serve(cfg: DictConfig) -> None:
     meta = model.metadata
     print("\n".join(trust_lines(model, "finexp-serve")), flush=True)
     sources = [f"serve.{k}={settings[k]}" for k in ("api_key_env", "api_key_file") if settings[k]]
-    backend = f"onnxruntime ({onnx_path.name})" if onnx_path is not None else f"pytorch ({device})"
+    backend = (
+        f"onnxruntime ({onnx_path.name})" if onnx_path is not None else f"pytorch ({device}, {settings.precision})"
+    )
     print(
         f"finexp-serve: {meta['task']} ({', '.join(model.labels)}), "
         f"{len(getattr(model, 'members', [model]))} checkpoint(s), backend: {backend}, "

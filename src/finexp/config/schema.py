@@ -221,6 +221,8 @@ class ServerConfig:
     max_batch_size: int = 64
     max_wait_ms: float = 5.0
     onnx: str | None = None  # a finexp-export format=onnx directory or .onnx file: ONNX Runtime scores
+    precision: str = "fp32"  # fp32 | bf16 (PyTorch backend; finexp.serving.precision)
+    bf16_tolerance: float = 0.05
     device: str = "auto"
     threads: int = 0
     log_level: str = "info"
