@@ -31,7 +31,7 @@ from flwr.app import ConfigRecord  # noqa: E402
 
 from finexp import FinexpError  # noqa: E402
 from finexp.federated.arrays import ordered, record_bytes  # noqa: E402
-from finexp.federated.client import ClientDP, ProximalTerm  # noqa: E402
+from finexp.federated.client import ClientDP, ProximalTerm, local_class_weights  # noqa: E402
 from finexp.federated.server import STATE_DIR  # noqa: E402
 from finexp.federated.setup import check_runtime, federation_from  # noqa: E402
 
@@ -141,6 +141,26 @@ def test_fedavg_aggregate_is_the_row_weighted_mean_of_client_parameters(make_cfg
     for got, want in zip(ordered(aggregated, names), expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert record.clients == ["0", "1", "2"] and record.bytes_up == record.bytes_down > 0 and not record.failures
+
+
+def test_balanced_nodes_weigh_their_own_label_counts_and_leave_the_runs_loss_as_it_was(make_cfg, sentiment_csv):
+    skewed = ["federated.partition=dirichlet", "federated.alpha=0.3", "optimizer.lr=3e-3"]
+    plain = _federation(make_cfg, sentiment_csv, *skewed)
+    balanced = _federation(make_cfg, sentiment_csv, *skewed, "federated.class_weights=balanced")
+    module = balanced.module
+    assert module.loss_fn.weight is None  # the run's own loss: unweighted
+    labels = torch.tensor([0, 0, 0, 2, 2, 0])  # 4 x class 0, none of class 1, 2 x class 2 (sentiment: 3 labels)
+    with local_class_weights(module, labels):
+        torch.testing.assert_close(module.loss_fn.weight, torch.tensor([6 / (3 * 4), 0.0, 6 / (3 * 2)]))
+    assert module.loss_fn.weight is None
+
+    start = plain.initial_arrays()
+    got = {
+        name: ordered(federation.fit_round(1, start)[0], federation.names)
+        for name, federation in (("plain", plain), ("balanced", balanced))
+    }
+    assert module.loss_fn.weight is None  # no node's weight stays behind in the global model's checkpoint
+    assert not np.allclose(got["plain"][-2], got["balanced"][-2])  # the head learnt differently: the weight applied
 
 
 def test_a_federation_stopped_after_round_one_continues_at_round_two_with_the_same_result(make_cfg, sentiment_csv):
@@ -367,6 +387,8 @@ def test_central_dp_adaptive_noise_follows_the_bound_that_clipped_the_round(make
         (["federated.dp.enabled=true", "federated.dp.noise_multiplier=1.0"], "exactly one"),
         (["trainer=ddp_cpu"], "trainer.devices"),
         (["federated.secure_aggregation=true", "federated.central_dp.enabled=true"], "hides every update"),
+        (["federated.class_weights=inverse"], "federated.class_weights"),
+        (["task=interest_rate", "federated.class_weights=balanced"], "task.problem=classification"),
     ],
 )
 def test_bad_federated_configs_are_rejected(make_cfg, overrides, message):

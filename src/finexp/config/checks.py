@@ -390,6 +390,15 @@ def _validate_federated(cfg: DictConfig) -> None:
     _require(fed.alpha > 0, "federated.alpha", fed.alpha, "must be > 0 (lower: more label skew)")
     _require(fed.min_rows >= 1, "federated.min_rows", fed.min_rows, "must be >= 1")
     _require(fed.schedule in ("global", "round"), "federated.schedule", fed.schedule, "choose global or round")
+    _require(fed.class_weights in (None, "balanced"), "federated.class_weights", fed.class_weights, "null or balanced")
+    if fed.class_weights is not None:
+        problem = cfg.task.problem
+        _require(
+            problem == "classification",
+            "federated.class_weights",
+            fed.class_weights,
+            f"for task.problem=classification (a cross-entropy over labels), not {problem}",
+        )
     if OmegaConf.is_missing(fed, "strategy") or "_target_" not in fed.strategy:
         raise ConfigError("federated.strategy needs a _target_ (a Flower strategy, e.g. flwr.server.strategy.FedAvg)")
     dp = fed.dp

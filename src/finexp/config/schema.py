@@ -101,6 +101,7 @@ class FederatedConfig:
     min_rows: int = 10  # partition=dirichlet: redraw until every client holds at least this many rows
     partition_seed: int | None = None  # null: data.split_seed
     schedule: str = "global"  # global: the lr schedule spans all rounds | round: it restarts every round
+    class_weights: str | None = None  # balanced: each node weighs its loss by its own label counts (label skew)
     strategy: Any = MISSING  # a Flower Message-API strategy (flwr.serverapp.strategy.*, ``_partial_: true``)
     dp: FederatedDPConfig = field(default_factory=FederatedDPConfig)
     central_dp: FederatedCentralDPConfig = field(default_factory=FederatedCentralDPConfig)

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from finexp import FinexpError
 from finexp.data.batching import LengthGroupedSampler, PadCollator, TokenizedDataset
 from finexp.privacy.sampling import PoissonBatchSampler
+from finexp.problems.common import class_weights
 
 log = logging.getLogger("finexp")
 
@@ -269,6 +270,8 @@ class LocalNode:
         dp: client-side DP of the update; None: none.
         seed: seeds the node's batches and dropout in each round (with the round number); never DP noise.
         dp_sgd: DP-SGD in the local rounds (``loader`` must then give Poisson-sampled batches); None: none.
+        class_weights: ``balanced``: the node weighs its cross-entropy by its own label counts in its local rounds
+            (:func:`local_class_weights`); None: the run's loss as it is.
 
     Attributes:
         dp_history: DP-SGD's accountant history (``(noise, sample rate, steps)`` entries) of the node's rounds so far;
@@ -288,6 +291,7 @@ class LocalNode:
         dp: ClientDP | None = None,
         seed: int = 0,
         dp_sgd: NodeDPSGD | None = None,
+        class_weights: str | None = None,
     ) -> None:
         self.name = name
         self.module = module
@@ -300,6 +304,7 @@ class LocalNode:
         self.dp = dp
         self.seed = seed
         self.dp_sgd = dp_sgd
+        self.class_weights = class_weights
         self.dp_history: list[tuple] = []
 
     def train(
@@ -339,7 +344,12 @@ class LocalNode:
         base = self.module.scheduler_factory
         if base is not None and self.schedule == "global":
             self.module.scheduler_factory = RoundSchedule(base, self.rounds, server_round)
-        with seeded(self.seed + 7919 * server_round):
+        weighing = (
+            local_class_weights(self.module, loader.dataset.labels)  # type: ignore[attr-defined]
+            if self.class_weights == "balanced"
+            else contextlib.nullcontext()
+        )
+        with seeded(self.seed + 7919 * server_round), weighing:
             try:
                 trainer.fit(self.module, train_dataloaders=loader)
             finally:
@@ -359,6 +369,36 @@ class LocalNode:
                 "privacy-steps": dpsgd.steps,
             }
         return dict(zip(self.names, new, strict=True)), len(loader.dataset), metrics
+
+
+@contextlib.contextmanager
+def local_class_weights(module: pl.LightningModule, labels: torch.Tensor) -> Iterator[None]:
+    """The node's cross-entropy weighed by its own label counts (``n / (k * n_c)``) for one local round; the run's
+    weight (``task.class_weights``, or none) is back afterwards, so the global checkpoint never holds a node's.
+
+    Under label skew (Dirichlet partitions) the clients' plain losses pull the shared model towards their own label
+    mix; with each one balanced, every node estimates the same class-balanced objective (the rows of one class look
+    alike across nodes), which is what FedAvg's average assumes. A class a node lacks gets weight 0 there.
+
+    Raises:
+        FinexpError: the run's loss is not a cross-entropy over class labels (regression, multi-label, a model with
+            its own loss, label smoothing through another loss module).
+    """
+    loss = getattr(module, "loss_fn", None)
+    names = getattr(module, "label_names", [])
+    if not isinstance(loss, torch.nn.CrossEntropyLoss) or callable(getattr(module.model, "loss", None)):
+        raise FinexpError(
+            "federated.class_weights=balanced weighs the nodes' cross-entropy over class labels, but this run "
+            f"trains with {type(loss).__name__}: set federated.class_weights=null"
+        )
+    counts = torch.bincount(labels.long(), minlength=len(names)).tolist()
+    weights = [w if c > 0 else 0.0 for w, c in zip(class_weights("balanced", counts) or [], counts, strict=True)]
+    before = loss.weight
+    loss.weight = torch.tensor(weights, dtype=torch.float, device=module.device)
+    try:
+        yield
+    finally:
+        loss.weight = before
 
 
 def client_loader(

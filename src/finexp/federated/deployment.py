@@ -95,6 +95,7 @@ def _deployed_node(context: Context) -> LocalNode:
         dp=client_dp_from(cfg),
         seed=seed,
         dp_sgd=node_dp_sgd_from(cfg),
+        class_weights=fed.class_weights,
     )
     _NODES[context.run_id] = node
     return node

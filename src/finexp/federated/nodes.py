@@ -144,6 +144,7 @@ def partition_nodes(cfg: DictConfig, module: pl.LightningModule, datamodule: Any
             dp=dp,
             seed=seed,
             dp_sgd=dp_sgd,
+            class_weights=fed.class_weights,
         )
     labels = train_set.labels.numpy()
     num_labels = int(labels.max()) + 1 if len(labels) else 0
