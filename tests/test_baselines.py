@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import joblib
+import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import text_task
@@ -47,9 +50,21 @@ def test_gbm_learns_the_raw_table(make_cfg, applicants_csv):
     assert _records(cfg)[1]["serialized_columns"] == ["income", "debt", "arrears", "purpose"]
 
 
-def test_gbm_on_a_text_task_says_what_to_use(make_cfg, sentiment_csv):
+def test_logreg_learns_the_raw_table_and_scores_unseen_categories(make_cfg, applicants_csv, tmp_path):
+    cfg = make_cfg(*TABLE, f"data.path={applicants_csv}", "model=logreg")
+    metrics = train(cfg)
+    assert metrics["test/auroc"] > 0.8 and metrics["val/auroc"] > 0.8  # arrears and debt/income: nearly linear
+    model = joblib.load(Path(cfg.paths.output_dir) / "model.joblib")  # the run's own file, just written
+    frame = pd.read_csv(applicants_csv).drop(columns=["customer_id", "default"]).head(4)
+    frame.loc[0, "purpose"], frame.loc[1, "purpose"] = "a purpose never seen", None
+    probs = model.predict_proba(frame)
+    assert probs.shape == (4, 2) and np.isfinite(probs).all()
+
+
+@pytest.mark.parametrize("model", ["gbm", "logreg"])
+def test_table_baselines_on_a_text_task_say_what_to_use(make_cfg, sentiment_csv, model):
     with pytest.raises(BaselineError, match="use model=tfidf_logreg for text"):
-        train(make_cfg(*text_task(sentiment_csv), "model=gbm"))
+        train(make_cfg(*text_task(sentiment_csv), f"model={model}"))
 
 
 def test_baseline_config_checks(make_cfg, sentiment_csv):

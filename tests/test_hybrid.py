@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
 from finexp import build
-from finexp.baselines import GradientBoosting
+from finexp.baselines import ColumnLogReg, GradientBoosting
 from finexp.baselines.stacking import GbmScore, log_odds, out_of_fold_scores
 from finexp.config import ConfigError, validate_config
 from finexp.data.splits import Splits
@@ -60,6 +60,39 @@ def test_val_and_test_are_scored_by_the_model_fitted_on_all_of_train():
     np.testing.assert_allclose(stacked.test["gbm_score"].to_numpy(), expected)
     in_sample = log_odds(full.predict_proba(splits.train[["a", "b", "region"]])[:, 1])
     assert not np.allclose(stacked.train["gbm_score"].to_numpy(), in_sample)  # train rows: out of fold instead
+
+
+def xor_table(n: int = 240, seed: int = 0) -> pd.DataFrame:
+    """Default when exactly one of two numbers is high: an interaction trees find and no line separates."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.uniform(0, 100, n).round(1), rng.uniform(0, 100, n).round(1)
+    return pd.DataFrame({"a": a, "b": b, "default": np.where((a > 50) != (b > 50), "yes", "no")})
+
+
+def linear_table(n: int = 240, seed: int = 0) -> pd.DataFrame:
+    """The label's log-odds are a sum of eight small effects: logistic regression's shape, hard for 240-row trees."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 8))
+    y = rng.random(n) < 1 / (1 + np.exp(-x.sum(axis=1)))
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(8)]).round(3)
+    return frame.assign(default=np.where(y, "yes", "no"))
+
+
+@pytest.mark.parametrize(("table", "expected"), [(xor_table, "gbm"), (linear_table, "logreg")])
+def test_stack_best_picks_the_model_whose_out_of_fold_scores_rank_train_better(table, expected):
+    frame = table(n=240, seed=2)
+    features = [c for c in frame.columns if c != "default"]
+    splits = Splits(frame.iloc[:160], frame.iloc[160:200], frame.iloc[200:])
+    stack = GbmScore(folds=4, seed=1, stack="best")
+    stacked = stack(splits, features, "default", ["no", "yes"])
+    record = stack.record
+    assert record["stack"] == expected  # an interaction for trees; a sum of effects for a line
+    assert record[f"out_of_fold_auroc/{expected}"] > max(v for k, v in record.items() if k.startswith("out_of")) - 1e-12
+    y = (frame.default[:160] == "yes").to_numpy()
+    fit = {"gbm": lambda: GradientBoosting(seed=1), "logreg": ColumnLogReg}[expected]
+    full = fit().fit(splits.train[features], y)
+    expected_test = log_odds(full.predict_proba(splits.test[features].reset_index(drop=True))[:, 1])
+    np.testing.assert_allclose(stacked.test["gbm_score"].to_numpy(), expected_test)  # the chosen model scores test
 
 
 def _run(make_cfg, path: Path, *extra: str) -> dict:
@@ -128,7 +161,7 @@ def test_the_untrained_hybrid_is_boosting(make_cfg, tmp_path):
         torch.testing.assert_close(logits[:, 1] - logits[:, 0], score)
         if split != "test":  # what run_info.json records: boosting's own AUROC (out of fold on train)
             auroc = roc_auc_score(dataset.labels.numpy(), (logits[:, 1] - logits[:, 0]).numpy())
-            assert auroc == pytest.approx(datamodule.run_records["hybrid"][f"gbm_auroc/{split}"], abs=1e-6)
+            assert auroc == pytest.approx(datamodule.run_records["hybrid"][f"stack_auroc/{split}"], abs=1e-6)
 
 
 def test_one_epoch_of_the_hybrid_keeps_boosting_ranking(make_cfg, tmp_path):
@@ -149,6 +182,7 @@ def test_one_epoch_of_the_hybrid_keeps_boosting_ranking(make_cfg, tmp_path):
     [
         (["task.hybrid.gbm_score=true"], "model.fusion"),
         (["task.hybrid.gbm_score=true", "model.fusion=concat", "task.hybrid.folds=1"], "task.hybrid.folds"),
+        (["task.hybrid.gbm_score=true", "model.fusion=concat", "task.hybrid.stack=svm"], "task.hybrid.stack"),
         (
             ["task.hybrid.gbm_score=true", "model.fusion=concat", "+task.hybrid.gbm.max_iters=5"],
             "task.hybrid.gbm.max_iters",

@@ -41,6 +41,7 @@ FINEXP_TARGETS = frozenset(
         "finexp.adapters.peft_methods.build_prefix_tuning",
         "finexp.adapters.bottleneck.build_bottleneck",
         "finexp.adapters.checkpoint.TrainableOnlyCheckpoint",
+        "finexp.baselines.ColumnLogReg",
         "finexp.baselines.GradientBoosting",
         "finexp.baselines.TfidfLogReg",
         "finexp.callbacks.RunCosts",

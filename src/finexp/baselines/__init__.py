@@ -1,6 +1,7 @@
 """Classic baselines in finexp's harness: what a bank uses today, on the same splits and with the same metrics.
 
-``model=tfidf_logreg`` (text, or a table's serialized rows: word and character n-gram TF-IDF, logistic regression) and
+``model=tfidf_logreg`` (text, or a table's serialized rows: word and character n-gram TF-IDF, logistic regression),
+``model=logreg`` (tables: logistic regression on the raw columns, one-hot categories and standardized numbers) and
 ``model=gbm`` (tables: gradient boosting on the raw columns, before serialization). ``finexp-train`` dispatches on
 ``model.kind: baseline`` to :func:`run_baseline`, which fits on the datamodule's train split and reports
 ``val/...`` and ``test/...`` under the names the fine-tuned models use.
@@ -68,6 +69,71 @@ class TfidfLogReg:
 
     def predict_proba(self, x: list[str]) -> np.ndarray:
         return self.pipeline.predict_proba(x)
+
+    def num_parameters(self) -> int:
+        model = self.pipeline[-1]
+        return int(model.coef_.size + model.intercept_.size)
+
+
+class ColumnLogReg:
+    """L2-regularised logistic regression on the raw table columns: the scorecard-style baseline.
+
+    Numeric columns are median-imputed (with a missing-value indicator) and standardized; text columns become
+    one-hot categories (missing is a category of its own; a value unseen in training gets no column).
+
+    Args:
+        C: inverse regularisation strength.
+        max_iter: solver iterations.
+        min_frequency: categories rarer than this in the train split share one "infrequent" column.
+    """
+
+    input: ClassVar[str] = "table"
+
+    def __init__(self, C: float = 1.0, max_iter: int = 2000, min_frequency: int = 1) -> None:
+        self.C, self.max_iter, self.min_frequency = C, max_iter, min_frequency
+        self.pipeline: Any = None
+
+    def fit(self, x: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None) -> ColumnLogReg:
+        from sklearn.compose import ColumnTransformer
+        from sklearn.impute import SimpleImputer
+        from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+        numeric = [c for c in x.columns if pd.api.types.is_numeric_dtype(x[c])]
+        text = [c for c in x.columns if c not in numeric]
+        columns = ColumnTransformer(
+            [
+                (
+                    "numbers",
+                    make_pipeline(SimpleImputer(strategy="median", add_indicator=True), StandardScaler()),
+                    numeric,
+                ),
+                (
+                    "categories",
+                    make_pipeline(
+                        SimpleImputer(strategy="constant", fill_value="(missing)"),
+                        OneHotEncoder(handle_unknown="infrequent_if_exist", min_frequency=self.min_frequency),
+                    ),
+                    text,
+                ),
+            ]
+        )
+        self.pipeline = make_pipeline(columns, LogisticRegression(C=self.C, max_iter=self.max_iter))
+        self.pipeline.fit(self._text(x, text), y, logisticregression__sample_weight=sample_weight)
+        return self
+
+    @staticmethod
+    def _text(x: pd.DataFrame, text: list[str]) -> pd.DataFrame:
+        """Text columns as strings (one dtype per column for the encoder); a missing value stays NaN (imputed)."""
+        frame = x.copy()
+        for c in text:
+            frame[c] = [str(v) if pd.notna(v) else np.nan for v in frame[c]]
+        return frame
+
+    def predict_proba(self, x: pd.DataFrame) -> np.ndarray:
+        if self.pipeline is None:
+            raise BaselineError("ColumnLogReg.predict_proba before fit")
+        text = list(self.pipeline[0].transformers_[1][2])
+        return self.pipeline.predict_proba(self._text(x, text))
 
     def num_parameters(self) -> int:
         model = self.pipeline[-1]

@@ -1,11 +1,14 @@
-"""Hybrids for tables: gradient boosting's cross-fitted score, the starting point of the fusion model.
+"""Hybrids for tables: a classic model's cross-fitted score, the starting point of the fusion model.
 
-``task.hybrid.gbm_score=true`` (with ``model.fusion=concat``): before the encoder reads a table, histogram gradient
-boosting (:class:`finexp.baselines.GradientBoosting`) scores every row on the raw columns, and the score (the
-log-odds of the positive class) becomes one more numeric column. The score of a train row comes from the model
-fitted on the *other* folds (cross-fitting, ``task.hybrid.folds``), so the model never learns to trust an in-sample
-(overfitted) score; val and test rows are scored by the model fitted on all of train, as scikit-learn's
-``StackingClassifier`` does.
+``task.hybrid.gbm_score=true`` (with ``model.fusion=concat``): before the encoder reads a table, a classic model on
+the raw columns scores every row, and the score (the log-odds of the positive class) becomes one more numeric
+column. ``task.hybrid.stack`` picks the model: ``gbm`` (histogram gradient boosting,
+:class:`finexp.baselines.GradientBoosting`), ``logreg`` (:class:`finexp.baselines.ColumnLogReg`), or ``best``: both
+are cross-fitted on the train split and the one whose out-of-fold scores rank the train rows better (AUROC) is
+stacked; val and test take no part in the choice. The score of a train row comes from the model fitted on the
+*other* folds (cross-fitting, ``task.hybrid.folds``), so the model never learns to trust an in-sample (overfitted)
+score; val and test rows are scored by the model fitted on all of train, as scikit-learn's ``StackingClassifier``
+does.
 
 The classifier adds the score to the positive logit around a zero-initialised head
 (:class:`finexp.models.classifier.SequenceClassifier`, ``score_feature``): untrained, the hybrid *is* boosting, and
@@ -23,8 +26,9 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
-from finexp.baselines import BaselineError, GradientBoosting
+from finexp.baselines import BaselineError, ColumnLogReg, GradientBoosting
 
+STACKS = ("gbm", "logreg", "best")  # task.hybrid.stack
 EPS = 1e-4  # probabilities are clipped to [EPS, 1 - EPS] before the log-odds: |score| <= 9.2
 
 
@@ -62,25 +66,39 @@ def out_of_fold_scores(
 
 
 class GbmScore:
-    """The ``stacking`` hook of the datamodule: adds ``column`` (boosting's log-odds of the positive class).
+    """The ``stacking`` hook of the datamodule: adds ``column`` (a classic model's log-odds of the positive class).
 
     Args:
         folds: cross-fitting folds on the train split (>= 2).
         column: the added column's name (fused, and added to the positive logit; never serialized).
         seed: seeds the folds and the boosting's internal validation split.
         gbm: :class:`finexp.baselines.GradientBoosting` arguments (``task.hybrid.gbm``); its defaults otherwise.
+        stack: ``gbm``, ``logreg`` (:class:`finexp.baselines.ColumnLogReg`, defaults) or ``best`` (the one with the
+            higher out-of-fold AUROC on train).
     """
 
-    def __init__(self, folds: int = 5, column: str = "gbm_score", seed: int = 0, gbm: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        folds: int = 5,
+        column: str = "gbm_score",
+        seed: int = 0,
+        gbm: Mapping[str, Any] | None = None,
+        stack: str = "gbm",
+    ) -> None:
+        if stack not in STACKS:
+            raise BaselineError(f"task.hybrid.stack={stack!r} is not one of {', '.join(STACKS)}")
         self.folds = folds
         self.column = column
         self.seed = seed
         self.gbm = {"seed": seed, **dict(gbm or {})}
+        self.stack = stack
         self.columns = [column]
         self.record: dict[str, Any] = {}
 
-    def _fit(self, x: pd.DataFrame, y: np.ndarray) -> GradientBoosting:
-        return GradientBoosting(**self.gbm).fit(x, y)
+    def _fitter(self, name: str) -> Callable[[pd.DataFrame, np.ndarray], Any]:
+        if name == "gbm":
+            return lambda x, y: GradientBoosting(**self.gbm).fit(x, y)
+        return lambda x, y: ColumnLogReg().fit(x, y)
 
     def __call__(self, splits: Any, features: Sequence[str], label: str, label_names: Sequence[str]) -> Any:
         """``splits`` (a :class:`finexp.data.splits.Splits`) with ``column`` added to each split."""
@@ -91,17 +109,22 @@ class GbmScore:
             )
         if splits.train.empty:
             raise BaselineError(
-                "task.hybrid.gbm_score: the boosting score is fitted on the train split, and this datamodule has "
+                "task.hybrid.gbm_score: the stacked score is fitted on the train split, and this datamodule has "
                 "none (finexp-eval data_path=... of a hybrid run); evaluate on the run's own test split instead"
             )
         features = [c for c in features if c != self.column]
         index = {name: i for i, name in enumerate(label_names)}
         y = splits.train[label].map(index).to_numpy()
         x = splits.train[features].reset_index(drop=True)
+        candidates = ("gbm", "logreg") if self.stack == "best" else (self.stack,)
         with threadpool_limits(limits=1, user_api="openmp"):  # see finexp.baselines.run_baseline
-            train_p, _ = out_of_fold_scores(self._fit, x, y, self.folds, self.seed)
-            full = self._fit(x, y)
-            probs = {"train": train_p}
+            out_of_fold = {
+                name: out_of_fold_scores(self._fitter(name), x, y, self.folds, self.seed)[0] for name in candidates
+            }
+            oof_auroc = {name: float(roc_auc_score(y, scores)) for name, scores in out_of_fold.items()}
+            chosen = max(candidates, key=lambda name: oof_auroc[name])  # ties: gbm, the first
+            full = self._fitter(chosen)(x, y)
+            probs = {"train": out_of_fold[chosen]}
             for name in ("val", "test"):
                 frame = getattr(splits, name)
                 probs[name] = full.predict_proba(frame[features].reset_index(drop=True))[:, 1] if len(frame) else []
@@ -110,15 +133,18 @@ class GbmScore:
             frame = frame.copy()
             frame[self.column] = log_odds(np.asarray(probs[name], dtype=float)) if len(frame) else []
             added.append(frame)
+        model = {"gbm": "gradient boosting", "logreg": "logistic regression"}[chosen]
         self.record = {
-            "stacked": f"{self.column}: log-odds of {label_names[1]!r} by gradient boosting on the raw columns, "
+            "stacked": f"{self.column}: log-odds of {label_names[1]!r} by {model} on the raw columns, "
             "added to the positive logit around the zero-initialised fusion head (and fused as a number)",
+            "stack": chosen,
             "features": list(features),
             "folds": self.folds,
             "train": f"out-of-fold: each train row scored by the model fitted on the other {self.folds - 1} folds",
             "val_test": f"scored by the model fitted on all {len(x)} train rows",
-            "gbm": dict(self.gbm),
-            **{f"gbm_auroc/{name}": _auroc(splits, name, label, label_names, probs) for name in ("train", "val")},
+            **({"gbm": dict(self.gbm)} if chosen == "gbm" else {}),
+            **{f"out_of_fold_auroc/{name}": value for name, value in oof_auroc.items()},
+            **{f"stack_auroc/{name}": _auroc(splits, name, label, label_names, probs) for name in ("train", "val")},
         }
         return type(splits)(*added)
 
@@ -134,4 +160,4 @@ def gbm_score_from(hybrid: Mapping[str, Any] | None) -> GbmScore | None:
     """The datamodule hook of ``task.hybrid`` (as a plain mapping): a :class:`GbmScore`, or None when it is off."""
     if not hybrid or not hybrid.get("gbm_score"):
         return None
-    return GbmScore(hybrid["folds"], hybrid["column"], hybrid["seed"], hybrid.get("gbm"))
+    return GbmScore(hybrid["folds"], hybrid["column"], hybrid["seed"], hybrid.get("gbm"), hybrid.get("stack", "gbm"))

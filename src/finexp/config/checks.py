@@ -359,6 +359,9 @@ def _validate_tables(cfg: DictConfig) -> None:
     if not hybrid.gbm_score:
         return
     _require(hybrid.folds >= 2, "task.hybrid.folds", hybrid.folds, "must be >= 2 (cross-fitting folds)")
+    from finexp.baselines.stacking import STACKS
+
+    _require(hybrid.stack in STACKS, "task.hybrid.stack", hybrid.stack, f"choose one of {', '.join(STACKS)}")
     fusion, text = cfg.model.fusion, cfg.task.text_column
     _require(fusion is not None, "model.fusion", fusion, "must be concat with task.hybrid.gbm_score (fuses the score)")
     _require(text is None, "task.text_column", text, "must be null with task.hybrid.gbm_score (table tasks)")
