@@ -10,9 +10,10 @@ Every row is a finexp-train run in this process on the task's default split (dat
 - ``gbm``: model=gbm (histogram gradient boosting on the raw columns);
 - ``logreg``: model=logreg (logistic regression on the raw columns: one-hot categories, standardized numbers);
 - ``text``: model=minilm reading the serialized row (model.fusion=null);
-- ``hybrid``: model=minilm, model.fusion=concat, task.hybrid.gbm_score=true and task.hybrid.stack=best (the 5-fold
-  out-of-fold score of boosting or logistic regression, whichever ranks train better, fused with the text and the
-  task's numeric columns), what ``experiment=table_hybrid`` sweeps;
+- ``hybrid``: model=minilm, model.fusion=concat and task.hybrid.gbm_score=true (boosting's 5-fold out-of-fold score
+  fused with the text and the task's numeric columns), what ``experiment=table_hybrid`` sweeps;
+- ``hybrid-best``: the same with task.hybrid.stack=best (boosting's or logistic regression's score, whichever ranks
+  the train rows better out of fold);
 - ``coded_credit``: credit_scoring with its categorical values (Home, Marital, Records, Job) replaced by meaningless
   codes (``H1``..``J4``, a codebook-style table made here), read as codes (``text``), through the codebook
   (``text+map``: task.serialization.value_map back to the words) and ``hybrid+map``.
@@ -44,7 +45,13 @@ CONTENDERS = {
     "gbm": ["model=gbm"],
     "logreg": ["model=logreg"],  # logistic regression on the raw columns (one-hot categories)
     "text": ["model.fusion=null", "optimizer.head_lr=1e-3"],  # as conf/contender/table_text.yaml
-    "hybrid": ["model.fusion=concat", "task.hybrid.gbm_score=true", "task.hybrid.stack=best", "optimizer.head_lr=1e-3"],
+    "hybrid": ["model.fusion=concat", "task.hybrid.gbm_score=true", "optimizer.head_lr=1e-3"],
+    "hybrid-best": [
+        "model.fusion=concat",
+        "task.hybrid.gbm_score=true",
+        "task.hybrid.stack=best",
+        "optimizer.head_lr=1e-3",
+    ],
 }
 CODED_ROWS = {  # coded_credit's rows: name -> (contender, read through the codebook)
     "gbm": ("gbm", False),
@@ -52,6 +59,7 @@ CODED_ROWS = {  # coded_credit's rows: name -> (contender, read through the code
     "text (codes)": ("text", False),
     "text+map": ("text", True),
     "hybrid+map": ("hybrid", True),
+    "hybrid-best+map": ("hybrid-best", True),
 }
 
 
