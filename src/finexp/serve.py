@@ -86,12 +86,7 @@ def serve(cfg: DictConfig) -> None:
     settings = cfg.serve
     _check_limits(settings)
     keys = read_api_keys(settings.api_key_env, settings.api_key_file)  # before the model loads: fail fast
-    if settings.onnx and settings.precision != "fp32":
-        raise ConfigError(
-            f"serve.precision={settings.precision} casts the PyTorch model; serve.onnx= is an ONNX Runtime model "
-            "(its own precision is chosen at export: finexp-export quantize=int8)"
-        )
-    check_precision(str(settings.precision), str(settings.device))
+    check_precision(str(settings.precision), str(settings.device), onnx=bool(settings.onnx))
     onnx_path = onnx_file(settings.onnx) if settings.onnx else None
     if onnx_path is not None and str(settings.device).startswith("cuda"):
         raise ConfigError(f"serve.onnx runs on ONNX Runtime's CPU provider: serve.device={settings.device} with it")

@@ -92,6 +92,7 @@ class ColumnLogReg:
     def __init__(self, C: float = 1.0, max_iter: int = 2000, min_frequency: int = 1) -> None:
         self.C, self.max_iter, self.min_frequency = C, max_iter, min_frequency
         self.pipeline: Any = None
+        self.text_columns: list[str] = []
 
     def fit(self, x: pd.DataFrame, y: np.ndarray, sample_weight: np.ndarray | None = None) -> ColumnLogReg:
         from sklearn.compose import ColumnTransformer
@@ -99,7 +100,7 @@ class ColumnLogReg:
         from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
         numeric = [c for c in x.columns if pd.api.types.is_numeric_dtype(x[c])]
-        text = [c for c in x.columns if c not in numeric]
+        text = self.text_columns = [c for c in x.columns if c not in numeric]
         columns = ColumnTransformer(
             [
                 (
@@ -132,8 +133,7 @@ class ColumnLogReg:
     def predict_proba(self, x: pd.DataFrame) -> np.ndarray:
         if self.pipeline is None:
             raise BaselineError("ColumnLogReg.predict_proba before fit")
-        text = list(self.pipeline[0].transformers_[1][2])
-        return self.pipeline.predict_proba(self._text(x, text))
+        return self.pipeline.predict_proba(self._text(x, self.text_columns))
 
     def num_parameters(self) -> int:
         model = self.pipeline[-1]

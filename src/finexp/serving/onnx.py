@@ -73,6 +73,23 @@ class OnnxLogits:
         return self._run({"input_ids": input_ids.cpu(), "attention_mask": attention_mask.cpu()})
 
 
+def probe_inputs(predictor: Predictor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The start-up probe texts as ``(input_ids, attention_mask)`` CPU tensors, tokenized as ``predictor`` does."""
+    import torch
+
+    batch = predictor.tokenizer(PROBES, padding=True, truncation=True, max_length=predictor.max_length)
+    return torch.tensor(batch["input_ids"], dtype=torch.long), torch.tensor(batch["attention_mask"], dtype=torch.long)
+
+
+def probe_logits(predictor: Predictor) -> torch.Tensor:
+    """``predictor``'s model's float32 logits (on CPU) for the probe texts, on the predictor's device."""
+    import torch
+
+    ids, mask = probe_inputs(predictor)
+    with torch.inference_mode():
+        return predictor.model(ids.to(predictor.device), mask.to(predictor.device)).float().cpu()
+
+
 def _tolerance(path: Path) -> float:
     form = ONNX_FILES.get(path.name, "onnx")
     summary_path = path.parent / "export_summary.json"
@@ -101,7 +118,6 @@ def onnx_predictor(predictor: Predictor, path: Path, threads: int | None = None)
         FinexpError: the export's labels differ from the run's, or its logits on the probe texts differ from the
             checkpoint's by more than the export's tolerance (an export of another run).
     """
-    import torch
 
     from finexp.export.layouts import read_sentence_transformers
     from finexp.inference import Predictor
@@ -115,12 +131,8 @@ def onnx_predictor(predictor: Predictor, path: Path, threads: int | None = None)
                 "export this checkpoint (finexp-export CKPT DIR format=onnx)"
             )
     session = OnnxLogits(path, threads)
-    batch = predictor.tokenizer(PROBES, padding=True, truncation=True, max_length=predictor.max_length)
-    ids = torch.tensor(batch["input_ids"], dtype=torch.long)
-    mask = torch.tensor(batch["attention_mask"], dtype=torch.long)
-    with torch.inference_mode():
-        expected = predictor.model(ids.to(predictor.device), mask.to(predictor.device)).float().cpu()
-    got = session(ids, mask).float()
+    expected = probe_logits(predictor)
+    got = session(*probe_inputs(predictor)).float()
     tolerance = _tolerance(path)
     diff = float((got - expected).abs().max()) if got.shape == expected.shape else float("inf")
     if not diff <= tolerance:

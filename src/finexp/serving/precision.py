@@ -14,18 +14,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from finexp.config import ConfigError
-from finexp.serving.onnx import PROBES
+from finexp.serving.onnx import probe_logits
 
 if TYPE_CHECKING:
-    import torch
-
     from finexp.inference import Ensemble, Predictor
 
 PRECISIONS = ("fp32", "bf16")
 
 
-def check_precision(precision: str, device: str) -> None:
-    """Refuse an unknown precision, and bf16 where the hardware would only emulate it (before weights load).
+def check_precision(precision: str, device: str, onnx: bool = False) -> None:
+    """Refuse an unknown precision, bf16 beside ``serve.onnx`` (``onnx``), and bf16 where the hardware would only
+    emulate it (before weights load).
 
     Raises:
         ConfigError: naming ``serve.precision`` and what to do instead.
@@ -34,6 +33,11 @@ def check_precision(precision: str, device: str) -> None:
         raise ConfigError(f"serve.precision={precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return
+    if onnx:
+        raise ConfigError(
+            f"serve.precision={precision} casts the PyTorch model; serve.onnx= is an ONNX Runtime model "
+            "(its own precision is chosen at export: finexp-export quantize=int8)"
+        )
     import torch
 
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
@@ -45,16 +49,6 @@ def check_precision(precision: str, device: str) -> None:
             "serve.precision=bf16: this CPU has no native bfloat16 instructions (AVX512-BF16 or AMX), where PyTorch "
             "emulates it slower than float32; use serve.precision=fp32, or serve.onnx= an int8 export"
         )
-
-
-def _probe_logits(predictor: Predictor) -> torch.Tensor:
-    import torch
-
-    batch = predictor.tokenizer(PROBES, padding=True, truncation=True, max_length=predictor.max_length)
-    ids = torch.tensor(batch["input_ids"], dtype=torch.long, device=predictor.device)
-    mask = torch.tensor(batch["attention_mask"], dtype=torch.long, device=predictor.device)
-    with torch.inference_mode():
-        return predictor.model(ids, mask).float().cpu()
 
 
 def to_bf16(model: Predictor | Ensemble, tolerance: float) -> Predictor | Ensemble:
@@ -72,9 +66,9 @@ def to_bf16(model: Predictor | Ensemble, tolerance: float) -> Predictor | Ensemb
     for member in getattr(model, "members", [model]):
         if not isinstance(member.model, torch.nn.Module):
             raise ConfigError("serve.precision=bf16 casts a PyTorch model; it does not apply to serve.onnx")
-        expected = _probe_logits(member)
+        expected = probe_logits(member)
         member.model.to(torch.bfloat16)
-        got = _probe_logits(member)
+        got = probe_logits(member)
         diff = float((got - expected).abs().max())
         if not diff <= tolerance or not torch.equal(got.argmax(-1), expected.argmax(-1)):
             member.model.to(torch.float32)
