@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -161,6 +162,20 @@ def test_balanced_nodes_weigh_their_own_label_counts_and_leave_the_runs_loss_as_
     }
     assert module.loss_fn.weight is None  # no node's weight stays behind in the global model's checkpoint
     assert not np.allclose(got["plain"][-2], got["balanced"][-2])  # the head learnt differently: the weight applied
+
+
+def test_local_steps_bound_each_nodes_round_in_optimizer_steps_across_epochs(make_cfg, sentiment_csv):
+    epoch = _federation(make_cfg, sentiment_csv, "data.batch_size=4")
+    start = epoch.initial_arrays()
+    epoch.fit_round(1, start)
+    batches = [math.ceil(c["rows"] / 4) for c in epoch.clients]
+    assert [r.content["metrics"]["train_steps"] for r in epoch.last_replies] == batches  # local_epochs=1: an epoch
+    more = max(batches) + 3  # more steps than any node's epoch has batches: the round goes on into a second epoch
+    for steps in (2, more):
+        federation = _federation(make_cfg, sentiment_csv, f"federated.local_steps={steps}", "data.batch_size=4")
+        federation.fit_round(1, start)
+        replies = [r.content["metrics"] for r in federation.last_replies]
+        assert [m["train_steps"] for m in replies] == [steps] * len(federation.clients)
 
 
 def test_a_federation_stopped_after_round_one_continues_at_round_two_with_the_same_result(make_cfg, sentiment_csv):
@@ -388,6 +403,7 @@ def test_central_dp_adaptive_noise_follows_the_bound_that_clipped_the_round(make
         (["trainer=ddp_cpu"], "trainer.devices"),
         (["federated.secure_aggregation=true", "federated.central_dp.enabled=true"], "hides every update"),
         (["federated.class_weights=inverse"], "federated.class_weights"),
+        (["federated.local_steps=0"], "federated.local_steps"),
         (["task=interest_rate", "federated.class_weights=balanced"], "task.problem=classification"),
     ],
 )

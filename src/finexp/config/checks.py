@@ -385,6 +385,8 @@ def _validate_federated(cfg: DictConfig) -> None:
     _require(fed.num_clients >= 2, "federated.num_clients", fed.num_clients, "must be >= 2")
     _require(fed.rounds >= 1, "federated.rounds", fed.rounds, "must be >= 1")
     _require(fed.local_epochs >= 1, "federated.local_epochs", fed.local_epochs, "must be >= 1")
+    steps = fed.get("local_steps")
+    _require(steps is None or steps >= 1, "federated.local_steps", steps, "must be >= 1 (null: local_epochs)")
     partitions = ("iid", "column", "dirichlet")
     allowed = f"choose one of {', '.join(partitions)}"
     _require(fed.partition in partitions, "federated.partition", fed.partition, allowed)

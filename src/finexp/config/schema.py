@@ -95,6 +95,7 @@ class FederatedConfig:
     num_clients: int = 5
     rounds: int = 3
     local_epochs: int = 1  # epochs over its own rows each client trains per round
+    local_steps: int | None = None  # optimizer steps per round instead of local_epochs (less drift under skew)
     partition: str = "iid"  # iid (stratified) | column (one client per value of partition_column) | dirichlet
     partition_column: str | None = None  # partition=column: e.g. a region or lender column of the table
     alpha: float = 0.5  # partition=dirichlet: label skew, lower = more skewed

@@ -265,6 +265,8 @@ class LocalNode:
         loader: ``(server_round) -> DataLoader`` over this node's training rows (a new order every round).
         make_trainer: ``(**overrides) -> pl.Trainer`` for the local rounds (no logger, no checkpoints).
         local_epochs: epochs over its rows per round.
+        local_steps: optimizer steps per round instead of epochs (a round's batches are a fresh draw; more steps than
+            one epoch's batches go on into the next epoch); None: ``local_epochs``.
         rounds: rounds in the whole run (for a schedule spanning all rounds).
         schedule: ``global`` (one schedule across rounds) or ``round`` (the schedule restarts every round).
         dp: client-side DP of the update; None: none.
@@ -286,6 +288,7 @@ class LocalNode:
         loader: Callable[[int], DataLoader],
         make_trainer: TrainerFactory,
         local_epochs: int = 1,
+        local_steps: int | None = None,
         rounds: int = 1,
         schedule: str = "global",
         dp: ClientDP | None = None,
@@ -299,6 +302,7 @@ class LocalNode:
         self.loader = loader
         self.make_trainer = make_trainer
         self.local_epochs = local_epochs
+        self.local_steps = local_steps
         self.rounds = rounds
         self.schedule = schedule
         self.dp = dp
@@ -316,7 +320,7 @@ class LocalNode:
 
         Returns:
             The new trainable parameters (by name), the number of training rows, and the metrics
-            (``train_loss``; with DP, ``update_norm`` before clipping).
+            (``train_loss``, ``train_steps``; with DP, ``update_norm`` before clipping).
         """
         missing = sorted(set(self.names) - set(arrays))
         unknown = sorted(set(arrays) - set(self.names))
@@ -337,10 +341,13 @@ class LocalNode:
         dpsgd = None
         if self.dp_sgd is not None:
             sampler = loader.batch_sampler
-            steps = self.rounds * self.local_epochs * len(sampler)  # type: ignore[arg-type]
+            steps = self.rounds * (self.local_steps or self.local_epochs * len(sampler))  # type: ignore[arg-type]
             dpsgd = self.dp_sgd.callback(len(loader.dataset), sampler.sample_rate, steps, self.dp_history)  # type: ignore[union-attr]
             callbacks += [dpsgd, _UnseededNoise()]
-        trainer = self.make_trainer(max_epochs=self.local_epochs, callbacks=callbacks, limit_val_batches=0)
+        budget = {"max_epochs": self.local_epochs}
+        if self.local_steps:  # a bound in optimizer steps: the round goes on across epochs until it is reached
+            budget = {"max_epochs": -1, "max_steps": self.local_steps}
+        trainer = self.make_trainer(**budget, callbacks=callbacks, limit_val_batches=0)
         base = self.module.scheduler_factory
         if base is not None and self.schedule == "global":
             self.module.scheduler_factory = RoundSchedule(base, self.rounds, server_round)
@@ -355,7 +362,10 @@ class LocalNode:
             finally:
                 self.module.scheduler_factory = base
             new = get_arrays(self.module, self.names)
-            metrics = {"train_loss": float(trainer.callback_metrics.get("train/loss_epoch", float("nan")))}
+            metrics = {
+                "train_loss": float(trainer.callback_metrics.get("train/loss_epoch", float("nan"))),
+                "train_steps": float(trainer.global_step),
+            }
             if self.dp is not None:
                 new, norm = self.dp.apply(new, old)
                 metrics["update_norm"] = norm

@@ -90,6 +90,7 @@ def _deployed_node(context: Context) -> LocalNode:
         ),
         trainer_factory(cfg),
         local_epochs=fed.local_epochs,
+        local_steps=fed.local_steps,
         rounds=fed.rounds,
         schedule=fed.schedule,
         dp=client_dp_from(cfg),

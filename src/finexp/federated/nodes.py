@@ -139,6 +139,7 @@ def partition_nodes(cfg: DictConfig, module: pl.LightningModule, datamodule: Any
             ),
             make_trainer,
             local_epochs=fed.local_epochs,
+            local_steps=fed.local_steps,
             rounds=fed.rounds,
             schedule=fed.schedule,
             dp=dp,
