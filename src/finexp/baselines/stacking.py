@@ -3,9 +3,10 @@
 ``task.hybrid.gbm_score=true`` (with ``model.fusion=concat``): before the encoder reads a table, a classic model on
 the raw columns scores every row, and the score (the log-odds of the positive class) becomes one more numeric
 column. ``task.hybrid.stack`` picks the model: ``gbm`` (histogram gradient boosting,
-:class:`finexp.baselines.GradientBoosting`), ``logreg`` (:class:`finexp.baselines.ColumnLogReg`), or ``best``: both
-are cross-fitted on the train split and the one whose out-of-fold scores rank the train rows better (AUROC) is
-stacked; val and test take no part in the choice. The score of a train row comes from the model fitted on the
+:class:`finexp.baselines.GradientBoosting`), ``logreg`` (:class:`finexp.baselines.ColumnLogReg`), ``mean`` (the
+mean of both models' log-odds: an equal-weight ensemble, no weight fitted), or ``best``: both are cross-fitted on the
+train split and the one whose out-of-fold scores rank the train rows better (AUROC) is stacked; val and test take no
+part in the choice. The score of a train row comes from the model fitted on the
 *other* folds (cross-fitting, ``task.hybrid.folds``), so the model never learns to trust an in-sample (overfitted)
 score; val and test rows are scored by the model fitted on all of train, as scikit-learn's ``StackingClassifier``
 does.
@@ -28,7 +29,8 @@ from threadpoolctl import threadpool_limits
 
 from finexp.baselines import BaselineError, ColumnLogReg, GradientBoosting
 
-STACKS = ("gbm", "logreg", "best")  # task.hybrid.stack
+STACKS = ("gbm", "logreg", "mean", "best")  # task.hybrid.stack
+MODELS = {"gbm": "gradient boosting", "logreg": "logistic regression"}
 EPS = 1e-4  # probabilities are clipped to [EPS, 1 - EPS] before the log-odds: |score| <= 9.2
 
 
@@ -73,8 +75,9 @@ class GbmScore:
         column: the added column's name (fused, and added to the positive logit; never serialized).
         seed: seeds the folds and the boosting's internal validation split.
         gbm: :class:`finexp.baselines.GradientBoosting` arguments (``task.hybrid.gbm``); its defaults otherwise.
-        stack: ``gbm``, ``logreg`` (:class:`finexp.baselines.ColumnLogReg`, defaults) or ``best`` (the one with the
-            higher out-of-fold AUROC on train).
+        stack: ``gbm``, ``logreg`` (:class:`finexp.baselines.ColumnLogReg`, defaults), ``mean`` (the mean of
+            both log-odds, each cross-fitted as above) or ``best`` (the one with the higher out-of-fold AUROC on
+            train).
     """
 
     def __init__(
@@ -116,24 +119,30 @@ class GbmScore:
         index = {name: i for i, name in enumerate(label_names)}
         y = splits.train[label].map(index).to_numpy()
         x = splits.train[features].reset_index(drop=True)
-        candidates = ("gbm", "logreg") if self.stack == "best" else (self.stack,)
+        candidates = ("gbm", "logreg") if self.stack in ("best", "mean") else (self.stack,)
         with threadpool_limits(limits=1, user_api="openmp"):  # see finexp.baselines.run_baseline
             out_of_fold = {
-                name: out_of_fold_scores(self._fitter(name), x, y, self.folds, self.seed)[0] for name in candidates
+                name: log_odds(out_of_fold_scores(self._fitter(name), x, y, self.folds, self.seed)[0])
+                for name in candidates
             }
+            if self.stack == "mean":
+                out_of_fold["mean"] = np.mean([out_of_fold[name] for name in candidates], axis=0)
             oof_auroc = {name: float(roc_auc_score(y, scores)) for name, scores in out_of_fold.items()}
-            chosen = max(candidates, key=lambda name: oof_auroc[name])  # ties: gbm, the first
-            full = self._fitter(chosen)(x, y)
-            probs = {"train": out_of_fold[chosen]}
+            chosen = "mean" if self.stack == "mean" else max(candidates, key=lambda name: oof_auroc[name])  # ties: gbm
+            members = candidates if chosen == "mean" else (chosen,)
+            fitted = [self._fitter(name)(x, y) for name in members]
+            scores = {"train": out_of_fold[chosen]}
             for name in ("val", "test"):
-                frame = getattr(splits, name)
-                probs[name] = full.predict_proba(frame[features].reset_index(drop=True))[:, 1] if len(frame) else []
+                rows = getattr(splits, name)[features].reset_index(drop=True)
+                each = [log_odds(model.predict_proba(rows)[:, 1]) for model in fitted] if len(rows) else [[]]
+                scores[name] = np.mean(each, axis=0)
         added = []
         for name, frame in splits.items():
             frame = frame.copy()
-            frame[self.column] = log_odds(np.asarray(probs[name], dtype=float)) if len(frame) else []
+            frame[self.column] = np.asarray(scores[name], dtype=float) if len(frame) else []
             added.append(frame)
-        model = {"gbm": "gradient boosting", "logreg": "logistic regression"}[chosen]
+        model = " and ".join(MODELS[name] for name in members)
+        model = f"the mean of {model}" if chosen == "mean" else model
         self.record = {
             "stacked": f"{self.column}: log-odds of {label_names[1]!r} by {model} on the raw columns, "
             "added to the positive logit around the zero-initialised fusion head (and fused as a number)",
@@ -142,18 +151,18 @@ class GbmScore:
             "folds": self.folds,
             "train": f"out-of-fold: each train row scored by the model fitted on the other {self.folds - 1} folds",
             "val_test": f"scored by the model fitted on all {len(x)} train rows",
-            **({"gbm": dict(self.gbm)} if chosen == "gbm" else {}),
+            **({"gbm": dict(self.gbm)} if "gbm" in members else {}),
             **{f"out_of_fold_auroc/{name}": value for name, value in oof_auroc.items()},
-            **{f"stack_auroc/{name}": _auroc(splits, name, label, label_names, probs) for name in ("train", "val")},
+            **{f"stack_auroc/{name}": _auroc(splits, name, label, label_names, scores) for name in ("train", "val")},
         }
         return type(splits)(*added)
 
 
-def _auroc(splits: Any, name: str, label: str, label_names: Sequence[str], probs: dict) -> float | None:
+def _auroc(splits: Any, name: str, label: str, label_names: Sequence[str], scores: dict) -> float | None:
     truth = (getattr(splits, name)[label] == label_names[1]).to_numpy()
     if len(set(truth.tolist())) < 2:
         return None
-    return float(roc_auc_score(truth, probs[name]))
+    return float(roc_auc_score(truth, scores[name]))
 
 
 def gbm_score_from(hybrid: Mapping[str, Any] | None) -> GbmScore | None:

@@ -41,7 +41,7 @@ class HybridConfig:
     column: str = "gbm_score"  # the added column (never serialized into the text)
     seed: int = II("seed")  # folds and boosting's internal split
     gbm: dict[str, Any] = field(default_factory=dict)  # finexp.baselines.GradientBoosting arguments (model=gbm's)
-    stack: str = "gbm"  # gbm | logreg | best (of the two, by out-of-fold AUROC on train): the stacked model
+    stack: str = "gbm"  # gbm | logreg | mean (of both log-odds) | best (by out-of-fold AUROC on train)
 
 
 @dataclass
