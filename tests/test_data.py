@@ -254,6 +254,22 @@ def test_length_grouped_sampler_groups_and_reshuffles():
     assert grouped < random_spread / 4
 
 
+def test_length_grouped_sampler_starts_each_epoch_with_a_different_batch_not_the_longest():
+    """A run that stops inside an epoch (a federated node's short round, max_steps) must not always see the same
+    first batch: the window's batches come in random order, each still one run of similar lengths."""
+    lengths = list(range(100, 140))  # 40 rows, all in one window: sorting alone would put rows 39..32 first
+    firsts = []
+    for epoch in range(12):
+        sampler = LengthGroupedSampler(lengths, batch_size=8, seed=5, window_batches=50)
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert sorted(order) == list(range(40))
+        batches = [sorted(order[i : i + 8]) for i in range(0, 40, 8)]
+        assert all(b[-1] - b[0] == 7 for b in batches)  # each batch: 8 neighbours in length
+        firsts.append(batches[0][0])
+    assert len(set(firsts)) >= 3 and firsts.count(32) < len(firsts)  # not always the 8 longest rows
+
+
 def test_pad_collator_pads_to_longest_in_batch():
     dataset = TokenizedDataset([[101, 5, 102], [101, 102]], [1, 0])
     batch = PadCollator(pad_token_id=0)([dataset[0], dataset[1]])

@@ -171,15 +171,19 @@ def tokenize_cached(
 
 
 class LengthGroupedSampler(Sampler[int]):
-    """Shuffle rows, then sort each window of ``window_batches`` batches by length.
+    """Shuffle rows, sort each window of ``window_batches`` batches by length, then shuffle the window's batches.
 
     Consecutive ``batch_size`` indices have similar lengths, so dynamic padding wastes little, while the order still
-    changes every epoch. One process only: under DDP the datamodules use :class:`LengthGroupedBatchSampler` (a
+    changes every epoch. The batches of a window come in random order, not longest first: a run that stops inside an
+    epoch (``federated.local_steps``, ``trainer.max_steps``, ``limit_train_batches``) would otherwise always train on
+    the longest rows of its first window (a short round of a federated node: the same 8 rows every round).
+    One process only: under DDP the datamodules use :class:`LengthGroupedBatchSampler` (a
     ``DistributedSampler`` wrapped around this one would reshuffle its indices and lose the grouping).
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, window_batches: int = 50) -> None:
         self.lengths = torch.as_tensor(np.asarray(lengths, dtype=np.int64))
+        self.batch_size = batch_size
         self.window = batch_size * window_batches
         self.seed = seed
         self.epoch: int | None = None
@@ -200,8 +204,11 @@ class LengthGroupedSampler(Sampler[int]):
             yield from order.tolist()
             return
         for window in order.split(self.window):
-            by_length = torch.argsort(self.lengths[window], descending=True, stable=True)
-            yield from window[by_length].tolist()
+            by_length = window[torch.argsort(self.lengths[window], descending=True, stable=True)]
+            batches = list(by_length.split(self.batch_size))
+            whole = len(batches) - (1 if len(batches[-1]) < self.batch_size else 0)  # a short one stays last
+            for i in torch.randperm(whole, generator=generator).tolist() + list(range(whole, len(batches))):
+                yield from batches[i].tolist()
 
 
 class _EpochHook:
