@@ -67,6 +67,22 @@ def test_killed_run_resumed_from_last_checkpoint_matches_an_uninterrupted_run(ma
     assert (run_dir / "metrics.json").stat().st_mtime_ns == before
 
 
+def test_last_checkpoint_is_the_last_epoch_even_when_the_monitor_never_improves(make_cfg, sentiment_csv):
+    """Lightning 2.6 writes last.ckpt only beside a new best one; finexp's checkpoint writes it every epoch, so a
+    resumed run continues after the last epoch it finished, not after the best."""
+    cfg = make_cfg(
+        *_overrides(sentiment_csv),
+        "trainer.max_epochs=3",
+        "callbacks.model_checkpoint.monitor=val/loss",
+        "callbacks.model_checkpoint.mode=max",  # the loss falls: after epoch 0 no epoch is a new "best"
+    )
+    train(cfg)
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=True)
+    best = torch.load(checkpoints / "best.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 2 and best["epoch"] < 2
+
+
 def test_resume_keeps_the_run_directory_and_the_wandb_run(make_cfg):
     from finexp.config import run_dir_of
     from finexp.training import _tracking

@@ -138,6 +138,30 @@ class RunCosts(pl.Callback):
             self._sampler = None
 
 
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` really is the last epoch's.
+
+    Since Lightning 2.6 ``save_last=True`` writes ``last.ckpt`` only when a top-k checkpoint is saved at the same
+    step, so with ``save_top_k=1`` an epoch that does not improve the monitor leaves ``last.ckpt`` at the best epoch,
+    and a run resumed from it (``ckpt_path=last``, a rerun of a sweep) would silently repeat epochs. This subclass
+    writes ``last.ckpt`` after every epoch's checkpointing, whether the monitor improved or not.
+    """
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def _save_last_if_missed(self, trainer: pl.Trainer) -> None:
+        if self.save_last is True and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 def _checkpoint_file(trainer: pl.Trainer) -> Path | None:
     callback = trainer.checkpoint_callback
     if not isinstance(callback, ModelCheckpoint):

@@ -44,6 +44,7 @@ FINEXP_TARGETS = frozenset(
         "finexp.baselines.ColumnLogReg",
         "finexp.baselines.GradientBoosting",
         "finexp.baselines.TfidfLogReg",
+        "finexp.callbacks.BestAndLastCheckpoint",
         "finexp.callbacks.RunCosts",
         "finexp.compile.Trainer",
         "finexp.loggers.CSVLogger",
